@@ -1,0 +1,263 @@
+"""The lottery-ticket experiment: θ0 once per trial, then per round "prune, rewind, train"
+for the ticket and each control, every stage skipped when its output already exists.
+
+Resuming is the same loop run again: finished stages are skipped (their metrics.json exists),
+an interrupted stage resumes from its checkpoint. Every seed derives from (seed, trial, arm,
+round), never from execution order.
+
+Output layout under ``output_dir``::
+
+  flags.cfg                         the experiment's flags (reusable as --flagfile)
+  results.csv                       one row per finished (arm, trial, round)
+  ticket/trial_<t>/theta0.npz       θ0, the weights every ticket is reset to
+  <arm>/trial_<t>/round_<r>/masks.npz    the mask trained in that stage
+  <arm>/trial_<t>/round_<r>/weights.npz  the trained (masked) weights at the last iteration
+  <arm>/trial_<t>/round_<r>/metrics.json the results.csv row, per-layer sparsity, the curve
+"""
+import dataclasses
+import zlib
+
+import numpy as np
+from absl import logging
+
+from lth_tf import artifacts, data, masks, models, pruning, ticket, training
+
+CONTROLS = ("reinit", "random_prune")
+
+# Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
+PAPER = {
+    "lenet300_100": dict(dataset="mnist", iterations=50000, learning_rate=1.2e-3,
+                         prune_rate_conv=0.0, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv2": dict(dataset="cifar10", iterations=20000, learning_rate=2e-4,
+                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv4": dict(dataset="cifar10", iterations=25000, learning_rate=3e-4,
+                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv6": dict(dataset="cifar10", iterations=30000, learning_rate=3e-4,
+                  prune_rate_conv=0.15, prune_rate_fc=0.2, prune_rate_output=0.1),
+}
+PAPER_BATCH_SIZE = 60
+
+
+class ConfigError(ValueError):
+  """A bad experiment setting; the message is one line naming the flag and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that determines an experiment's numbers (and nothing that does not)."""
+  model: str
+  dataset: str
+  rounds: int
+  iterations: int
+  batch_size: int
+  learning_rate: float
+  eval_every: int
+  prune_rate_conv: float
+  prune_rate_fc: float
+  prune_rate_output: float
+  controls: tuple = ("reinit",)
+  trials: int = 1
+  seed: int = 0
+  initializer: str = "glorot_normal"
+  test_curve: bool = False
+
+  def validate(self):
+    """Raises ConfigError for the first bad setting found."""
+    if self.model not in models.ARCHITECTURES:
+      raise ConfigError(f"--model={self.model} is unknown; use one of "
+                        f"{', '.join(models.ARCHITECTURES)}")
+    if self.dataset not in data.SHAPES:
+      raise ConfigError(f"--dataset={self.dataset} is unknown; use one of "
+                        f"{', '.join(data.SHAPES)}")
+    if self.model.startswith("conv") and data.SHAPES[self.dataset][0] % 8:
+      raise ConfigError(f"--model={self.model} does not fit --dataset={self.dataset}")
+    for name in ("prune_rate_conv", "prune_rate_fc", "prune_rate_output"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ConfigError(f"--{name}={getattr(self, name)} is outside [0, 1); "
+                          f"pass a fraction such as 0.2")
+    checks = [("rounds", self.rounds >= 0, "pass 0 or more"),
+              ("trials", self.trials >= 1, "pass 1 or more"),
+              ("batch_size", self.batch_size >= 1, "pass 1 or more"),
+              ("eval_every", self.eval_every >= 1, "pass 1 or more"),
+              ("learning_rate", self.learning_rate > 0, "pass a positive rate"),
+              ("iterations", self.iterations >= self.eval_every,
+               f"pass at least --eval_every={self.eval_every}"),
+              ("iterations", self.iterations % self.eval_every == 0,
+               f"pass a multiple of --eval_every={self.eval_every}")]
+    for name, ok, fix in checks:
+      if not ok:
+        raise ConfigError(f"--{name}={getattr(self, name)} is invalid; {fix}")
+    for c in self.controls:
+      if c not in CONTROLS:
+        raise ConfigError(f"--controls contains unknown control {c!r}; use a comma list of "
+                          f"{', '.join(CONTROLS)} (or nothing)")
+    if self.initializer not in models.INITIALIZERS:
+      raise ConfigError(f"--initializer={self.initializer} is unknown; use one of "
+                        f"{', '.join(models.INITIALIZERS)}")
+    return self
+
+  def arms(self, round_):
+    """Arms trained at ``round_``: the dense round 0 is the ticket's and shared by all."""
+    return ("ticket",) + (tuple(self.controls) if round_ > 0 else ())
+
+  def stages(self):
+    """Every (arm, trial, round) of the experiment, in the order the local loop runs them."""
+    return [(arm, t, r) for t in range(self.trials) for r in range(self.rounds + 1)
+            for arm in self.arms(r)]
+
+
+def paper_config(model, **overrides):
+  """The paper's settings for ``model``, with any field overridden."""
+  fields = dict(model=model, rounds=20, batch_size=PAPER_BATCH_SIZE, eval_every=100,
+                **PAPER[model])
+  fields.update(overrides)
+  return Config(**fields)
+
+
+def derive_seed(*parts):
+  """A 31-bit seed that is a pure function of ``parts`` (ints and strings)."""
+  ints = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
+  return int(np.random.SeedSequence(ints).generate_state(1)[0] % (2**31 - 1))
+
+
+def stage_dir(output_dir, arm, trial, round_):
+  return f"{output_dir}/{arm}/trial_{trial}/round_{round_}"
+
+
+def theta0_path(output_dir, trial):
+  return f"{output_dir}/ticket/trial_{trial}/theta0.npz"
+
+
+def layer_rates(cfg, model):
+  """{prunable layer: per-round pruning rate} by the layer's kind."""
+  by_kind = {"conv": cfg.prune_rate_conv, "fc": cfg.prune_rate_fc,
+             "output": cfg.prune_rate_output}
+  return {name: by_kind[models.layer_kind(w.layer)] for name, w in ticket.wrappers(model).items()}
+
+
+def collect_rows(cfg, output_dir):
+  """results.csv rows for every finished stage of ``cfg``, from the stages' metrics.json."""
+  rows = []
+  for arm in ("ticket",) + tuple(cfg.controls):
+    for t in range(cfg.trials):
+      for r in range(cfg.rounds + 1):
+        path = f"{stage_dir(output_dir, arm, t, r)}/metrics.json"
+        if arm in cfg.arms(r) and artifacts.exists(path):
+          m = artifacts.read_json(path)
+          rows.append({c: m[c] for c in artifacts.RESULT_COLUMNS})
+  return rows
+
+
+class _Run:
+  """One experiment's shared state: the compiled model reused by every stage, and the data."""
+
+  def __init__(self, cfg, output_dir, splits, checkpoint_every, jit_compile,
+               steps_per_execution):
+    self.cfg, self.out, self.splits = cfg, output_dir, splits
+    self.checkpoint_every = checkpoint_every
+    self.shape = splits.train_x.shape[1:]
+    self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
+    self.optimizer = training.compile_model(self.model, cfg.learning_rate, jit_compile,
+                                            steps_per_execution)
+    self.val_ds = data.eval_dataset(splits.val_x, splits.val_y)
+    self.test_ds = data.eval_dataset(splits.test_x, splits.test_y)
+    self.rates = layer_rates(cfg, self.model)
+    self.sizes = {n: k.size for n, k in ticket.get_kernels(self.model).items()}
+
+  def fresh_weights(self, seed):
+    return ticket.get_weights(models.build(self.cfg.model, self.shape,
+                                           init=self.cfg.initializer, seed=seed))
+
+  def theta0(self, trial):
+    """θ0 of ``trial``: loaded if saved, else drawn and saved before anything trains."""
+    path = theta0_path(self.out, trial)
+    if artifacts.exists(path):
+      return artifacts.read_weights(path)
+    weights = self.fresh_weights(derive_seed(self.cfg.seed, trial, "init"))
+    artifacts.write_weights(path, weights)
+    return weights
+
+  def mask(self, arm, trial, round_):
+    """The mask ``arm`` trains with at ``round_``, written to its stage dir once."""
+    path = f"{stage_dir(self.out, arm, trial, round_)}/masks.npz"
+    if artifacts.exists(path):
+      return masks.from_bytes(artifacts.read_bytes(path))
+    kernels = ticket.get_kernels(self.model)
+    if round_ == 0:
+      mask = masks.ones_like(kernels)
+    elif arm == "ticket":
+      prev = stage_dir(self.out, "ticket", trial, round_ - 1)
+      trained = artifacts.read_weights(f"{prev}/weights.npz")
+      mask = pruning.prune("layerwise", {n: trained[n][0] for n in self.sizes},
+                           masks.from_bytes(artifacts.read_bytes(f"{prev}/masks.npz")),
+                           pruning.keep_counts(self.sizes, self.rates, round_))
+    else:
+      keep = {n: c for n, (c, _) in masks.counts(self.mask("ticket", trial, round_)).items()}
+      if arm == "reinit":
+        mask = self.mask("ticket", trial, round_)
+      else:  # random_prune: same per-layer counts, positions at random
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, trial, arm, round_))
+        mask = pruning.prune("random", kernels, None, keep, rng)
+    artifacts.write_bytes(path, masks.to_bytes(mask))
+    return mask
+
+  def stage(self, arm, trial, round_, rewinder):
+    """Trains one (arm, trial, round) unless its metrics.json exists."""
+    cfg, out_dir = self.cfg, stage_dir(self.out, arm, trial, round_)
+    if artifacts.exists(f"{out_dir}/metrics.json"):
+      return
+    mask = self.mask(arm, trial, round_)
+    pct = 100.0 * masks.fraction_remaining(mask)
+    label = f"[{arm} trial {trial} round {round_}]"
+    logging.info("%s %.2f%% of weights remaining", label, pct)
+    if arm == "reinit":
+      ticket.set_masks(self.model, mask)
+      ticket.set_weights(self.model,
+                         self.fresh_weights(derive_seed(cfg.seed, trial, arm, round_)))
+    else:  # the ticket and random_prune start from θ0 under their mask
+      rewinder.rewind(self.model, mask)
+    training.reset_optimizer(self.optimizer)
+    checkpoint = (training.RoundCheckpoint(f"{out_dir}/checkpoint", self.model, self.optimizer)
+                  if self.checkpoint_every else None)
+    data_seed = derive_seed(cfg.seed, trial, round_, "data")
+    result = training.train_round(
+        self.model,
+        lambda start: data.train_dataset(self.splits.train_x, self.splits.train_y,
+                                         cfg.batch_size, cfg.iterations, data_seed, start),
+        self.val_ds, self.test_ds, cfg.iterations, cfg.eval_every,
+        callbacks=[rewinder], checkpoint=checkpoint,
+        checkpoint_every=self.checkpoint_every, test_curve=cfg.test_curve, label=label)
+    ticket.apply_masks(self.model)
+    final = ticket.get_weights(self.model)
+    artifacts.write_weights(f"{out_dir}/weights.npz", final)
+    row = dict(arm=arm, trial=trial, round=round_, weights_remaining=pct,
+               early_stop_iteration=result.early_stop_iteration,
+               early_stop_val_loss=result.early_stop_val_loss,
+               early_stop_val_accuracy=result.early_stop_val_accuracy,
+               early_stop_test_accuracy=result.early_stop_test_accuracy,
+               final_test_accuracy=result.final_test_accuracy, diverged=result.diverged)
+    artifacts.write_json(f"{out_dir}/metrics.json", dict(
+        row, layer_weights_remaining=masks.layer_fractions(mask),
+        layer_counts=masks.counts(mask), seconds=result.seconds, data_seed=data_seed,
+        curve=result.curve))
+    if checkpoint is not None:
+      checkpoint.clear()
+    logging.info("%s early stop at iteration %d: val_loss %.4f, test accuracy %.4f "
+                 "(final %.4f), %.1f s", label, result.early_stop_iteration,
+                 result.early_stop_val_loss, result.early_stop_test_accuracy,
+                 result.final_test_accuracy, result.seconds)
+    artifacts.write_results(f"{self.out}/results.csv", collect_rows(cfg, self.out))
+
+
+def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=False, steps_per_execution=1):
+  """Runs (or resumes) every stage of ``cfg`` into ``output_dir``; returns results.csv rows."""
+  run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile,
+              steps_per_execution)
+  for trial in range(cfg.trials):
+    rewinder = ticket.RewindCallback(run_.theta0(trial))
+    for r in range(cfg.rounds + 1):
+      for arm in cfg.arms(r):
+        run_.stage(arm, trial, r, rewinder)
+  rows = collect_rows(cfg, output_dir)
+  artifacts.write_results(f"{output_dir}/results.csv", rows)
+  return rows

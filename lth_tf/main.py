@@ -1,0 +1,170 @@
+"""Command line: absl flags -> an experiment Config -> experiment.run.
+
+The only module that reads FLAGS. Usage:
+  python -m lth_tf.main --model=conv2 --rounds=10
+  python -m lth_tf.main --flagfile=flags/smoke.cfg
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+
+import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from lth_tf import data, experiment, models
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", None, list(models.ARCHITECTURES), "Network to prune.")
+flags.DEFINE_enum("dataset", None, list(data.SHAPES), "Dataset (default: the model's paper "
+                  "dataset: mnist for lenet300_100, cifar10 for conv2/4/6).")
+flags.DEFINE_integer("rounds", 10, "Pruning rounds after the dense round 0; --rounds=10 trains "
+                     "11 networks per arm and trial.")
+flags.DEFINE_integer("iterations", None, "Training iterations per round (default: the paper's).")
+flags.DEFINE_integer("batch_size", None, "Batch size (default: the paper's, 60).")
+flags.DEFINE_float("learning_rate", None, "Adam learning rate (default: the paper's).")
+flags.DEFINE_integer("eval_every", 100, "Evaluate the validation set every this many iterations.")
+flags.DEFINE_float("prune_rate_conv", None, "Fraction of surviving conv weights pruned per round.")
+flags.DEFINE_float("prune_rate_fc", None, "Fraction of surviving fc weights pruned per round.")
+flags.DEFINE_float("prune_rate_output", None, "Output layer rate (default: half the fc rate).")
+flags.DEFINE_list("controls", ["reinit"], "Control arms, comma list of: "
+                  f"{', '.join(experiment.CONTROLS)}; empty for tickets only.")
+flags.DEFINE_integer("trials", 1, "Independent repetitions, each with its own θ0.")
+flags.DEFINE_integer("seed", 0, "Base seed; every trial, arm and round derives its own from it.")
+flags.DEFINE_enum("initializer", "glorot_normal", list(models.INITIALIZERS), "Kernel init.")
+flags.DEFINE_bool("test_curve", False, "Also evaluate the test set at every evaluation.")
+flags.DEFINE_string("output_dir", None, "Experiment folder (default: results/<model>_<dataset>).")
+flags.DEFINE_bool("overwrite", False, "Delete an existing experiment in --output_dir that was "
+                  "run with different flags, instead of refusing.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's, ~/tensorflow_datasets).")
+flags.DEFINE_string("manual_dir", None, "Folder holding the dataset's original archives, for "
+                    "preparing it offline (here: ../shared/datasets/fashion_mnist).")
+flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint a round every this many iterations "
+                     "(a multiple of --eval_every; 0: never).")
+flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: all cores). Part of the "
+                     "experiment: results are bit-identical only at the same count.")
+flags.DEFINE_bool("deterministic", True, "Enable TensorFlow op determinism.")
+flags.DEFINE_bool("xla", False, "Compile the training step with XLA (jit_compile).")
+
+# Flags whose values determine the numbers; a rerun into an existing dir must match them,
+# except the ones that only add stages.
+RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learning_rate",
+                "eval_every", "prune_rate_conv", "prune_rate_fc", "prune_rate_output", "controls",
+                "trials", "seed", "initializer", "test_curve", "threads", "deterministic", "xla")
+EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
+
+
+class UserError(Exception):
+  """Reported as one line, exit code 2."""
+
+
+def resolved_flags():
+  """Flag values with model-dependent defaults filled in, as {name: value}."""
+  if FLAGS.model is None:
+    raise UserError("--model is required; pass one of " + ", ".join(models.ARCHITECTURES))
+  paper = experiment.PAPER[FLAGS.model]
+  values = {name: FLAGS[name].value for name in RESULT_FLAGS}
+  for name in ("dataset", "iterations", "learning_rate", "prune_rate_conv", "prune_rate_fc"):
+    if values[name] is None:
+      values[name] = paper[name]
+  if values["batch_size"] is None:
+    values["batch_size"] = experiment.PAPER_BATCH_SIZE
+  if values["prune_rate_output"] is None:
+    values["prune_rate_output"] = values["prune_rate_fc"] / 2
+  if values["threads"] == 0:
+    values["threads"] = os.cpu_count() or 1
+  values["controls"] = [c for c in values["controls"] if c]
+  return values
+
+
+def config_from(values):
+  fields = {f: values[f] for f in experiment.Config.__dataclass_fields__}
+  fields["controls"] = tuple(fields["controls"])
+  return experiment.Config(**fields)
+
+
+def flagfile_text(values, output_dir):
+  lines = [f"--{k}={','.join(v) if isinstance(v, list) else v}" for k, v in values.items()]
+  lines.append(f"--output_dir={output_dir}")
+  for name in ("data_dir", "manual_dir", "checkpoint_every"):
+    if FLAGS[name].value is not None:
+      lines.append(f"--{name}={FLAGS[name].value}")
+  return "\n".join(lines) + "\n"
+
+
+def parse_flagfile(text):
+  out = {}
+  for line in text.splitlines():
+    if line.startswith("--") and "=" in line:
+      k, v = line[2:].split("=", 1)
+      out[k] = v
+  return out
+
+
+def check_output_dir(output_dir, values, text):
+  """Refuses (or with --overwrite, clears) an output dir holding a different experiment."""
+  from lth_tf import artifacts
+  import tensorflow as tf
+
+  path = f"{output_dir}/flags.cfg"
+  if artifacts.exists(path):
+    old = parse_flagfile(artifacts.read_bytes(path).decode())
+    new = parse_flagfile(text)
+    differ = [k for k in RESULT_FLAGS if k not in EXTENSIBLE_FLAGS and old.get(k) != new.get(k)]
+    if differ and not FLAGS.overwrite:
+      shown = ", ".join(f"--{k}={old.get(k)} (now {new.get(k)})" for k in differ)
+      raise UserError(f"--output_dir={output_dir} holds an experiment with different flags: "
+                      f"{shown}; use another --output_dir, or --overwrite to delete it")
+    if differ:
+      logging.warning("--overwrite: deleting the experiment in %s", output_dir)
+      tf.io.gfile.rmtree(output_dir)
+  try:
+    artifacts.write_bytes(path, text)
+  except Exception as e:
+    raise UserError(f"--output_dir={output_dir} is not writable ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:150] if str(e) else ''}); pass a writable "
+                    f"--output_dir") from e
+
+
+def setup_tensorflow(values):
+  import tensorflow as tf
+  import tf_keras
+
+  tf.config.threading.set_intra_op_parallelism_threads(values["threads"])
+  tf_keras.utils.set_random_seed(values["seed"])
+  if values["deterministic"]:
+    tf.config.experimental.enable_op_determinism()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    values = resolved_flags()
+    cfg = config_from(values).validate()
+    if FLAGS.checkpoint_every < 0 or FLAGS.checkpoint_every % cfg.eval_every:
+      raise UserError(f"--checkpoint_every={FLAGS.checkpoint_every} must be 0 or a multiple of "
+                      f"--eval_every={cfg.eval_every}")
+    output_dir = FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}"
+    setup_tensorflow(values)
+    text = flagfile_text(values, output_dir)
+    check_output_dir(output_dir, values, text)
+    logging.info("experiment %s -> %s", cfg, output_dir)
+    splits = data.load(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir,
+                       split_seed=experiment.derive_seed(cfg.seed, "split"))
+    if splits.train_x.shape[1:] != data.SHAPES[cfg.dataset]:
+      raise UserError(f"--dataset={cfg.dataset} gave images of shape "
+                      f"{splits.train_x.shape[1:]}, expected {data.SHAPES[cfg.dataset]}")
+    rows = experiment.run(cfg, output_dir, splits, checkpoint_every=FLAGS.checkpoint_every,
+                          jit_compile=values["xla"])
+    logging.info("done: %d rows in %s/results.csv", len(rows), output_dir)
+  except (UserError, experiment.ConfigError, data.DatasetUnavailableError) as e:
+    print(f"lth_tf: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  """Console-script entry point (``lth-tf``)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
