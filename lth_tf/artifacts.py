@@ -95,3 +95,9 @@ def read_results(path):
         row[k] = float(v) if any(c in v for c in ".en") else int(v)
     rows.append(row)
   return rows
+
+
+def parse_flagfile(text):
+  """An absl flagfile's ``--name=value`` lines as {name: value string}."""
+  return dict(line[2:].split("=", 1) for line in text.splitlines()
+              if line.startswith("--") and "=" in line)

@@ -8,6 +8,7 @@ index table built from seeded permutations, so a round resumed at iteration ``i`
 the batches an uninterrupted round would have seen.
 """
 import dataclasses
+import os
 
 import numpy as np
 
@@ -44,6 +45,34 @@ def split_validation(x, y, validation_size, seed):
   return x[train], y[train], x[val], y[val], val
 
 
+# Where TFDS downloads each dataset from, to tell "offline" in seconds rather than after
+# TFDS's ten exponential-backoff retries (~3.5 minutes).
+DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "fashion_mnist": "storage.googleapis.com",
+                  "cifar10": "www.cs.toronto.edu"}
+
+_OFFLINE_FIX = ("with no internet, pass --manual_dir=<folder with the original archives> or "
+                "--data_dir=<a TFDS data dir where it is already prepared>")
+
+
+def check_available(name, data_dir=None, manual_dir=None, timeout=5.0):
+  """Raises DatasetUnavailableError at once if TFDS could neither read nor fetch ``name``."""
+  import socket
+
+  import tensorflow_datasets as tfds
+
+  if manual_dir is not None and not os.path.isdir(manual_dir):
+    raise DatasetUnavailableError(f"--manual_dir={manual_dir} is not a folder; pass the folder "
+                                  f"holding the {name} archives")
+  if manual_dir is not None or tfds.builder(name, data_dir=data_dir).is_prepared():
+    return
+  try:
+    socket.create_connection((DOWNLOAD_HOSTS[name], 443), timeout=timeout).close()
+  except OSError as e:
+    raise DatasetUnavailableError(
+        f"dataset {name!r} is not prepared in --data_dir={data_dir or '(TFDS default)'} and "
+        f"{DOWNLOAD_HOSTS[name]} is unreachable ({type(e).__name__}); {_OFFLINE_FIX}") from e
+
+
 def load(name, data_dir=None, manual_dir=None, validation_size=VALIDATION_SIZE, split_seed=0):
   """Loads a TFDS dataset fully into memory and splits off the validation set."""
   if name not in SHAPES:
@@ -53,19 +82,27 @@ def load(name, data_dir=None, manual_dir=None, validation_size=VALIDATION_SIZE, 
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   try:
     train, test = tfds.load(
-        name, split=["train", "test"], batch_size=-1, as_supervised=True,
+        name, split=["train", "test"], as_supervised=True,
         data_dir=data_dir, download_and_prepare_kwargs={"download_config": config})
   except Exception as e:  # TFDS raises many kinds; all mean "not available here".
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise DatasetUnavailableError(
         f"dataset {name!r} could not be loaded or downloaded ({type(e).__name__}: "
-        f"{first[:200]}); with no internet, pass --manual_dir=<folder with the original "
-        f"archives> or --data_dir=<a TFDS data dir where it is already prepared>") from e
-  x, y = (np.asarray(a) for a in tfds.as_numpy(train))
-  tx, ty = (np.asarray(a) for a in tfds.as_numpy(test))
+        f"{first[:200]}); {_OFFLINE_FIX}") from e
+  x, y = _to_arrays(train)
+  tx, ty = _to_arrays(test)
   train_x, train_y, val_x, val_y, _ = split_validation(x, y, validation_size, split_seed)
   return Splits(train_x, train_y.astype(np.int64), val_x, val_y.astype(np.int64),
                 tx, ty.astype(np.int64))
+
+
+def _to_arrays(ds):
+  """A finite (image, label) dataset as two numpy arrays, in TFDS's order."""
+  size = int(ds.cardinality())
+  if size < 1:  # unknown length: count it
+    size = sum(1 for _ in ds)
+  x, y = ds.batch(size).get_single_element()
+  return x.numpy(), y.numpy()
 
 
 def batch_indices(num_examples, batch_size, iterations, seed):

@@ -152,8 +152,9 @@ class _Run:
   """One experiment's shared state: the compiled model reused by every stage, and the data."""
 
   def __init__(self, cfg, output_dir, splits, checkpoint_every, jit_compile,
-               steps_per_execution):
+               steps_per_execution, callbacks):
     self.cfg, self.out, self.splits = cfg, output_dir, splits
+    self.callbacks = list(callbacks)
     self.checkpoint_every = checkpoint_every
     self.shape = splits.train_x.shape[1:]
     self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
@@ -225,7 +226,7 @@ class _Run:
         lambda start: data.train_dataset(self.splits.train_x, self.splits.train_y,
                                          cfg.batch_size, cfg.iterations, data_seed, start),
         self.val_ds, self.test_ds, cfg.iterations, cfg.eval_every,
-        callbacks=[rewinder], checkpoint=checkpoint,
+        callbacks=[rewinder, *self.callbacks], checkpoint=checkpoint,
         checkpoint_every=self.checkpoint_every, test_curve=cfg.test_curve, label=label)
     ticket.apply_masks(self.model)
     final = ticket.get_weights(self.model)
@@ -249,10 +250,14 @@ class _Run:
     artifacts.write_results(f"{self.out}/results.csv", collect_rows(cfg, self.out))
 
 
-def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=False, steps_per_execution=1):
-  """Runs (or resumes) every stage of ``cfg`` into ``output_dir``; returns results.csv rows."""
+def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=False, steps_per_execution=1,
+        callbacks=()):
+  """Runs (or resumes) every stage of ``cfg`` into ``output_dir``; returns results.csv rows.
+
+  ``callbacks`` are extra Keras callbacks given to every stage's training.
+  """
   run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile,
-              steps_per_execution)
+              steps_per_execution, callbacks)
   for trial in range(cfg.trials):
     rewinder = ticket.RewindCallback(run_.theta0(trial))
     for r in range(cfg.rounds + 1):

@@ -10,12 +10,13 @@ import sys
 from absl import app, flags, logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import data, experiment, models
+from lth_tf import data, experiment, models, plot
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", None, list(models.ARCHITECTURES), "Network to prune.")
-flags.DEFINE_enum("dataset", None, list(data.SHAPES), "Dataset (default: the model's paper "
-                  "dataset: mnist for lenet300_100, cifar10 for conv2/4/6).")
+# Names are plain strings checked by Config.validate, so a typo gets our one-line error.
+flags.DEFINE_string("model", None, f"Network to prune: {', '.join(models.ARCHITECTURES)}.")
+flags.DEFINE_string("dataset", None, f"Dataset: {', '.join(data.SHAPES)} (default: the "
+                    "model's paper dataset: mnist for lenet300_100, cifar10 for conv2/4/6).")
 flags.DEFINE_integer("rounds", 10, "Pruning rounds after the dense round 0; --rounds=10 trains "
                      "11 networks per arm and trial.")
 flags.DEFINE_integer("iterations", None, "Training iterations per round (default: the paper's).")
@@ -29,7 +30,8 @@ flags.DEFINE_list("controls", ["reinit"], "Control arms, comma list of: "
                   f"{', '.join(experiment.CONTROLS)}; empty for tickets only.")
 flags.DEFINE_integer("trials", 1, "Independent repetitions, each with its own θ0.")
 flags.DEFINE_integer("seed", 0, "Base seed; every trial, arm and round derives its own from it.")
-flags.DEFINE_enum("initializer", "glorot_normal", list(models.INITIALIZERS), "Kernel init.")
+flags.DEFINE_string("initializer", "glorot_normal",
+                    f"Kernel initializer: {', '.join(models.INITIALIZERS)}.")
 flags.DEFINE_bool("test_curve", False, "Also evaluate the test set at every evaluation.")
 flags.DEFINE_string("output_dir", None, "Experiment folder (default: results/<model>_<dataset>).")
 flags.DEFINE_bool("overwrite", False, "Delete an existing experiment in --output_dir that was "
@@ -58,8 +60,9 @@ class UserError(Exception):
 
 def resolved_flags():
   """Flag values with model-dependent defaults filled in, as {name: value}."""
-  if FLAGS.model is None:
-    raise UserError("--model is required; pass one of " + ", ".join(models.ARCHITECTURES))
+  if FLAGS.model not in experiment.PAPER:
+    raise UserError(f"--model={FLAGS.model} is not a model; pass one of "
+                    f"{', '.join(models.ARCHITECTURES)}")
   paper = experiment.PAPER[FLAGS.model]
   values = {name: FLAGS[name].value for name in RESULT_FLAGS}
   for name in ("dataset", "iterations", "learning_rate", "prune_rate_conv", "prune_rate_fc"):
@@ -90,15 +93,6 @@ def flagfile_text(values, output_dir):
   return "\n".join(lines) + "\n"
 
 
-def parse_flagfile(text):
-  out = {}
-  for line in text.splitlines():
-    if line.startswith("--") and "=" in line:
-      k, v = line[2:].split("=", 1)
-      out[k] = v
-  return out
-
-
 def check_output_dir(output_dir, values, text):
   """Refuses (or with --overwrite, clears) an output dir holding a different experiment."""
   from lth_tf import artifacts
@@ -106,8 +100,8 @@ def check_output_dir(output_dir, values, text):
 
   path = f"{output_dir}/flags.cfg"
   if artifacts.exists(path):
-    old = parse_flagfile(artifacts.read_bytes(path).decode())
-    new = parse_flagfile(text)
+    old = artifacts.parse_flagfile(artifacts.read_bytes(path).decode())
+    new = artifacts.parse_flagfile(text)
     differ = [k for k in RESULT_FLAGS if k not in EXTENSIBLE_FLAGS and old.get(k) != new.get(k)]
     if differ and not FLAGS.overwrite:
       shown = ", ".join(f"--{k}={old.get(k)} (now {new.get(k)})" for k in differ)
@@ -148,6 +142,7 @@ def main(argv):
     text = flagfile_text(values, output_dir)
     check_output_dir(output_dir, values, text)
     logging.info("experiment %s -> %s", cfg, output_dir)
+    data.check_available(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir)
     splits = data.load(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir,
                        split_seed=experiment.derive_seed(cfg.seed, "split"))
     if splits.train_x.shape[1:] != data.SHAPES[cfg.dataset]:
@@ -156,6 +151,8 @@ def main(argv):
     rows = experiment.run(cfg, output_dir, splits, checkpoint_every=FLAGS.checkpoint_every,
                           jit_compile=values["xla"])
     logging.info("done: %d rows in %s/results.csv", len(rows), output_dir)
+    for path in plot.plot_experiment(output_dir):
+      logging.info("wrote %s", path)
   except (UserError, experiment.ConfigError, data.DatasetUnavailableError) as e:
     print(f"lth_tf: error: {e}", file=sys.stderr)
     sys.exit(2)

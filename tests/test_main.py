@@ -1,0 +1,78 @@
+"""The command line as a user runs it: a real run on Fashion-MNIST, and bad input."""
+import pytest
+
+from conftest import FASHION_MANUAL_DIR, run_cli
+from lth_tf import artifacts
+
+needs_fashion = pytest.mark.skipif(not FASHION_MANUAL_DIR.exists(),
+                                   reason="needs ../shared/datasets/fashion_mnist")
+TINY = ["--model=lenet300_100", "--dataset=fashion_mnist", f"--manual_dir={FASHION_MANUAL_DIR}",
+        "--rounds=1", "--iterations=200", "--eval_every=100", "--checkpoint_every=0"]
+
+
+def _error_line(proc):
+  """Our error: the last stderr line (TensorFlow may print start-up noise above it)."""
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert lines and lines[-1].startswith("lth_tf: error: "), proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  return lines[-1]
+
+
+@needs_fashion
+def test_cli_runs_writes_layout_and_refuses_other_flags(tmp_path):
+  out = tmp_path / "exp"
+  proc = run_cli([*TINY, f"--output_dir={out}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = artifacts.read_results(f"{out}/results.csv")
+  assert [(r["arm"], r["round"]) for r in rows] == [("ticket", 0), ("ticket", 1), ("reinit", 1)]
+  flags_cfg = (out / "flags.cfg").read_text()
+  assert "--model=lenet300_100" in flags_cfg and "--prune_rate_output=0.1" in flags_cfg
+  assert (out / "plots" / "test_accuracy.png").exists()
+  assert "[ticket trial 0 round 1] 80.0" in proc.stderr  # progress: arm, trial, round, % left
+  assert "val_accuracy" in proc.stderr
+
+  # the same command again: nothing retrained, same results
+  again = run_cli([*TINY, f"--output_dir={out}"])
+  assert again.returncode == 0 and "early stop at" not in again.stderr
+  assert artifacts.read_results(f"{out}/results.csv") == rows
+
+  # different flags into the same dir: refused, naming the flag; nothing lost
+  other = run_cli([*TINY, f"--output_dir={out}", "--learning_rate=0.1"])
+  assert other.returncode == 2
+  assert "--learning_rate" in _error_line(other) and "--overwrite" in _error_line(other)
+  assert artifacts.read_results(f"{out}/results.csv") == rows
+  assert (out / "flags.cfg").read_text() == flags_cfg
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--model=resnet999"], "--model"),
+    (["--model=conv2", "--prune_rate_conv=1.5"], "--prune_rate_conv"),
+    (["--model=lenet300_100", "--rounds=-1"], "--rounds"),
+    (["--model=lenet300_100", "--iterations=50", "--eval_every=100"], "--iterations"),
+    (["--model=lenet300_100", "--batch_size=0"], "--batch_size"),
+    (["--model=lenet300_100", "--controls=reinit,bogus"], "--controls"),
+    (["--model=lenet300_100", "--checkpoint_every=150"], "--checkpoint_every"),
+])
+def test_bad_flags_give_one_line_naming_the_flag(args, named, tmp_path):
+  proc = run_cli([*args, f"--output_dir={tmp_path}/x"])
+  assert proc.returncode == 2
+  assert named in _error_line(proc)
+  assert not (tmp_path / "x").exists()  # nothing written for a bad command
+
+
+def test_unwritable_output_dir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  proc = run_cli(["--model=lenet300_100", f"--output_dir={blocker}/exp"])
+  assert proc.returncode == 2
+  assert "--output_dir" in _error_line(proc) and "writable" in _error_line(proc)
+
+
+def test_offline_dataset_names_manual_dir(tmp_path):
+  proc = run_cli(["--model=conv2", "--rounds=10", f"--data_dir={tmp_path}/tfds",
+                  f"--output_dir={tmp_path}/exp"])
+  if proc.returncode == 0:
+    pytest.skip("online machine")
+  assert proc.returncode == 2
+  line = _error_line(proc)
+  assert "cifar10" in line and "--manual_dir" in line and "--data_dir" in line
