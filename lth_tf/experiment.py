@@ -42,6 +42,10 @@ class ConfigError(ValueError):
   """A bad experiment setting; the message is one line naming the flag and the fix."""
 
 
+class DivergedError(RuntimeError):
+  """A stage's loss became NaN/inf and --on_divergence=stop; the stage is recorded."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that determines an experiment's numbers (and nothing that does not)."""
@@ -106,14 +110,6 @@ class Config:
             for arm in self.arms(r)]
 
 
-def paper_config(model, **overrides):
-  """The paper's settings for ``model``, with any field overridden."""
-  fields = dict(model=model, rounds=20, batch_size=PAPER_BATCH_SIZE, eval_every=100,
-                **PAPER[model])
-  fields.update(overrides)
-  return Config(**fields)
-
-
 def derive_seed(*parts):
   """A 31-bit seed that is a pure function of ``parts`` (ints and strings)."""
   ints = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
@@ -151,17 +147,16 @@ def collect_rows(cfg, output_dir):
 class _Run:
   """One experiment's shared state: the compiled model reused by every stage, and the data."""
 
-  def __init__(self, cfg, output_dir, splits, checkpoint_every, jit_compile,
-               steps_per_execution, callbacks):
+  def __init__(self, cfg, output_dir, splits, checkpoint_every, jit_compile, callbacks):
     self.cfg, self.out, self.splits = cfg, output_dir, splits
     self.callbacks = list(callbacks)
     self.checkpoint_every = checkpoint_every
     self.shape = splits.train_x.shape[1:]
     self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
-    self.optimizer = training.compile_model(self.model, cfg.learning_rate, jit_compile,
-                                            steps_per_execution)
-    self.val_ds = data.eval_dataset(splits.val_x, splits.val_y)
-    self.test_ds = data.eval_dataset(splits.test_x, splits.test_y)
+    self.trainer = training.Trainer(self.model, cfg.learning_rate, jit_compile)
+    self.train = training.Split.of(splits.train_x, splits.train_y)
+    self.val = training.Split.of(splits.val_x, splits.val_y)
+    self.test = training.Split.of(splits.test_x, splits.test_y)
     self.rates = layer_rates(cfg, self.model)
     self.sizes = {n: k.size for n, k in ticket.get_kernels(self.model).items()}
 
@@ -169,12 +164,19 @@ class _Run:
     return ticket.get_weights(models.build(self.cfg.model, self.shape,
                                            init=self.cfg.initializer, seed=seed))
 
+  def theta0_seed(self, trial):
+    return derive_seed(self.cfg.seed, trial, "init")
+
+  def mask_seed(self, arm, trial, round_):
+    """Seed of a random mask (random_prune); None for masks that are not random."""
+    return derive_seed(self.cfg.seed, trial, arm, round_) if arm == "random_prune" else None
+
   def theta0(self, trial):
     """θ0 of ``trial``: loaded if saved, else drawn and saved before anything trains."""
     path = theta0_path(self.out, trial)
     if artifacts.exists(path):
       return artifacts.read_weights(path)
-    weights = self.fresh_weights(derive_seed(self.cfg.seed, trial, "init"))
+    weights = self.fresh_weights(self.theta0_seed(trial))
     artifacts.write_weights(path, weights)
     return weights
 
@@ -197,7 +199,7 @@ class _Run:
       if arm == "reinit":
         mask = self.mask("ticket", trial, round_)
       else:  # random_prune: same per-layer counts, positions at random
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, trial, arm, round_))
+        rng = np.random.default_rng(self.mask_seed(arm, trial, round_))
         mask = pruning.prune("random", kernels, None, keep, rng)
     artifacts.write_bytes(path, masks.to_bytes(mask))
     return mask
@@ -206,26 +208,27 @@ class _Run:
     """Trains one (arm, trial, round) unless its metrics.json exists."""
     cfg, out_dir = self.cfg, stage_dir(self.out, arm, trial, round_)
     if artifacts.exists(f"{out_dir}/metrics.json"):
-      return
+      return artifacts.read_json(f"{out_dir}/metrics.json")
     mask = self.mask(arm, trial, round_)
     pct = 100.0 * masks.fraction_remaining(mask)
     label = f"[{arm} trial {trial} round {round_}]"
     logging.info("%s %.2f%% of weights remaining", label, pct)
     if arm == "reinit":
+      init_seed = derive_seed(cfg.seed, trial, arm, round_)
       ticket.set_masks(self.model, mask)
-      ticket.set_weights(self.model,
-                         self.fresh_weights(derive_seed(cfg.seed, trial, arm, round_)))
+      ticket.set_weights(self.model, self.fresh_weights(init_seed))
     else:  # the ticket and random_prune start from θ0 under their mask
+      init_seed = self.theta0_seed(trial)
       rewinder.rewind(self.model, mask)
-    training.reset_optimizer(self.optimizer)
-    checkpoint = (training.RoundCheckpoint(f"{out_dir}/checkpoint", self.model, self.optimizer)
+    self.trainer.reset_optimizer()
+    checkpoint = (training.RoundCheckpoint(f"{out_dir}/checkpoint", self.model,
+                                           self.trainer.optimizer)
                   if self.checkpoint_every else None)
     data_seed = derive_seed(cfg.seed, trial, round_, "data")
+    table = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.iterations,
+                               data_seed)
     result = training.train_round(
-        self.model,
-        lambda start: data.train_dataset(self.splits.train_x, self.splits.train_y,
-                                         cfg.batch_size, cfg.iterations, data_seed, start),
-        self.val_ds, self.test_ds, cfg.iterations, cfg.eval_every,
+        self.trainer, self.train, table, self.val, self.test, cfg.eval_every,
         callbacks=[rewinder, *self.callbacks], checkpoint=checkpoint,
         checkpoint_every=self.checkpoint_every, test_curve=cfg.test_curve, label=label)
     ticket.apply_masks(self.model)
@@ -237,10 +240,12 @@ class _Run:
                early_stop_val_accuracy=result.early_stop_val_accuracy,
                early_stop_test_accuracy=result.early_stop_test_accuracy,
                final_test_accuracy=result.final_test_accuracy, diverged=result.diverged)
-    artifacts.write_json(f"{out_dir}/metrics.json", dict(
-        row, layer_weights_remaining=masks.layer_fractions(mask),
-        layer_counts=masks.counts(mask), seconds=result.seconds, data_seed=data_seed,
-        curve=result.curve))
+    metrics = dict(row, layer_weights_remaining=masks.layer_fractions(mask),
+                   layer_counts=masks.counts(mask), seconds=result.seconds,
+                   seeds=dict(data=data_seed, init=init_seed,
+                              mask=self.mask_seed(arm, trial, round_)),
+                   curve=result.curve)
+    artifacts.write_json(f"{out_dir}/metrics.json", metrics)
     if checkpoint is not None:
       checkpoint.clear()
     logging.info("%s early stop at iteration %d: val_loss %.4f, test accuracy %.4f "
@@ -248,21 +253,33 @@ class _Run:
                  result.early_stop_val_loss, result.early_stop_test_accuracy,
                  result.final_test_accuracy, result.seconds)
     artifacts.write_results(f"{self.out}/results.csv", collect_rows(cfg, self.out))
+    return metrics
 
 
-def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=False, steps_per_execution=1,
-        callbacks=()):
+def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks=(),
+        on_divergence="continue"):
   """Runs (or resumes) every stage of ``cfg`` into ``output_dir``; returns results.csv rows.
 
-  ``callbacks`` are extra Keras callbacks given to every stage's training.
+  ``callbacks`` are extra Keras callbacks given to every stage's training. A stage whose loss
+  becomes NaN/inf is recorded as diverged; then ``on_divergence="stop"`` raises DivergedError,
+  and "continue" goes on, except that a diverged ticket ends its trial (later rounds would be
+  pruned from NaN weights).
   """
-  run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile,
-              steps_per_execution, callbacks)
+  if on_divergence not in ("continue", "stop"):
+    raise ConfigError(f"--on_divergence={on_divergence} is invalid; use continue or stop")
+  run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile, callbacks)
   for trial in range(cfg.trials):
     rewinder = ticket.RewindCallback(run_.theta0(trial))
-    for r in range(cfg.rounds + 1):
-      for arm in cfg.arms(r):
-        run_.stage(arm, trial, r, rewinder)
+    for arm, _, r in [s for s in cfg.stages() if s[1] == trial]:
+      metrics = run_.stage(arm, trial, r, rewinder)
+      if metrics["diverged"] and on_divergence == "stop":
+        raise DivergedError(
+            f"[{arm} trial {trial} round {r}] diverged (NaN/inf loss), recorded in "
+            f"{output_dir}/results.csv; lower --learning_rate, or pass "
+            f"--on_divergence=continue to go on")
+      if metrics["diverged"] and arm == "ticket":
+        logging.warning("trial %d ends at round %d: its ticket diverged", trial, r)
+        break
   rows = collect_rows(cfg, output_dir)
   artifacts.write_results(f"{output_dir}/results.csv", rows)
   return rows

@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import data, experiment, models, plot
+from lth_tf import data, experiment, models, plot, training
 
 FLAGS = flags.FLAGS
 # Names are plain strings checked by Config.validate, so a typo gets our one-line error.
@@ -43,8 +43,10 @@ flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint a round every this ma
                      "(a multiple of --eval_every; 0: never).")
 flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: all cores). Part of the "
                      "experiment: results are bit-identical only at the same count.")
+flags.DEFINE_enum("on_divergence", "continue", ["continue", "stop"], "When a loss becomes "
+                  "NaN/inf: record the stage as diverged and go on, or stop with an error.")
 flags.DEFINE_bool("deterministic", True, "Enable TensorFlow op determinism.")
-flags.DEFINE_bool("xla", False, "Compile the training step with XLA (jit_compile).")
+flags.DEFINE_bool("xla", True, "Compile training and evaluation with XLA (jit_compile).")
 
 # Flags whose values determine the numbers; a rerun into an existing dir must match them,
 # except the ones that only add stages.
@@ -102,7 +104,9 @@ def check_output_dir(output_dir, values, text):
   if artifacts.exists(path):
     old = artifacts.parse_flagfile(artifacts.read_bytes(path).decode())
     new = artifacts.parse_flagfile(text)
-    differ = [k for k in RESULT_FLAGS if k not in EXTENSIBLE_FLAGS and old.get(k) != new.get(k)]
+    # A flag missing from an older flags.cfg had its default then (flags are only ever added).
+    differ = [k for k in RESULT_FLAGS if k not in EXTENSIBLE_FLAGS
+              and old.get(k, str(FLAGS[k].default)) != new.get(k)]
     if differ and not FLAGS.overwrite:
       shown = ", ".join(f"--{k}={old.get(k)} (now {new.get(k)})" for k in differ)
       raise UserError(f"--output_dir={output_dir} holds an experiment with different flags: "
@@ -149,11 +153,12 @@ def main(argv):
       raise UserError(f"--dataset={cfg.dataset} gave images of shape "
                       f"{splits.train_x.shape[1:]}, expected {data.SHAPES[cfg.dataset]}")
     rows = experiment.run(cfg, output_dir, splits, checkpoint_every=FLAGS.checkpoint_every,
-                          jit_compile=values["xla"])
+                          jit_compile=values["xla"], on_divergence=FLAGS.on_divergence)
     logging.info("done: %d rows in %s/results.csv", len(rows), output_dir)
     for path in plot.plot_experiment(output_dir):
       logging.info("wrote %s", path)
-  except (UserError, experiment.ConfigError, data.DatasetUnavailableError) as e:
+  except (UserError, experiment.ConfigError, experiment.DivergedError,
+          data.DatasetUnavailableError, training.CorruptCheckpointError) as e:
     print(f"lth_tf: error: {e}", file=sys.stderr)
     sys.exit(2)
 

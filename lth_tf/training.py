@@ -1,10 +1,13 @@
-"""One training round: fit for a number of iterations with validation every ``eval_every``,
-early-stopping bookkeeping, test accuracy at the early-stopping iteration, and periodic
-checkpoints from which an interrupted round resumes bit-identically.
+"""One training round: iterations in compiled blocks of ``eval_every`` steps, validation
+after each block, early-stopping bookkeeping, test accuracy at the early-stopping iteration, and
+periodic checkpoints from which an interrupted round resumes bit-identically.
 
-Works on any compiled Keras classifier; knows nothing of pruning or of the experiment loop.
-The model is compiled once and reused across rounds (a fresh optimizer is a zeroed one), so
-no tf.function is retraced from round to round.
+Works on any Keras classifier; knows nothing of pruning or of the experiment loop. Speed is
+the users' budget, so a Trainer compiles one (XLA) function that runs a whole block of steps,
+gathering batches in-graph from the in-memory training set, and one that evaluates a whole
+split; both are traced once and reused by every round (a fresh optimizer is a zeroed one).
+Keras callbacks get ``on_train_begin``, ``on_epoch_end`` (an "epoch" is one block, ending with
+an evaluation) and ``on_train_end``; there are no per-batch hooks, by design.
 """
 import dataclasses
 import json
@@ -42,21 +45,71 @@ class RoundResult:
   seconds: float
 
 
-def compile_model(model, learning_rate, jit_compile=False, steps_per_execution=1):
-  """Compiles ``model`` once with Adam and cross-entropy on logits; returns the optimizer."""
-  optimizer = keras.optimizers.Adam(learning_rate)
-  model.compile(optimizer=optimizer,
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"], jit_compile=jit_compile,
-                steps_per_execution=steps_per_execution)
-  optimizer.build(model.trainable_variables)  # slots exist before any restore or reset
-  return optimizer
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """In-memory examples as tensors, converted once and shared by every round."""
+  x: tf.Tensor
+  y: tf.Tensor
+
+  @classmethod
+  def of(cls, x, y):
+    return cls(tf.constant(x), tf.constant(y))
 
 
-def reset_optimizer(optimizer):
-  """Makes the compiled optimizer fresh (step 0, zero moments) without recompiling."""
-  for v in optimizer.variables:
-    v.assign(tf.zeros_like(v))
+class Trainer:
+  """Compiled training and evaluation of one Keras model with Adam and cross-entropy on logits.
+
+  Build one per model and reuse it: its functions are traced once per input shape.
+  """
+
+  def __init__(self, model, learning_rate, jit_compile=True, eval_chunk=1000):
+    self.model = model
+    self.optimizer = keras.optimizers.Adam(learning_rate)
+    self.optimizer.build(model.trainable_variables)  # slots exist before any restore or reset
+    self.eval_chunk = eval_chunk
+    self._loss = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=keras.losses.Reduction.SUM)
+    self._train_block = tf.function(self._train_block_fn, jit_compile=jit_compile)
+    self._evaluate = tf.function(self._evaluate_fn, jit_compile=jit_compile)
+
+  def reset_optimizer(self):
+    """Makes the optimizer fresh (step 0, zero moments) without retracing anything."""
+    for v in self.optimizer.variables:
+      v.assign(tf.zeros_like(v))
+
+  def _train_block_fn(self, x, y, block):
+    variables = self.model.trainable_variables
+    total_loss, correct = tf.constant(0.0), tf.constant(0.0)
+    for i in tf.range(tf.shape(block)[0]):
+      xb, yb = tf.gather(x, block[i]), tf.gather(y, block[i])
+      with tf.GradientTape() as tape:
+        logits = self.model(xb, training=True)
+        loss = self._loss(yb, logits) / tf.cast(tf.shape(yb)[0], tf.float32)
+      self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+      total_loss += loss
+      correct += tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), yb), tf.float32))
+    n = tf.cast(tf.shape(block)[0], tf.float32)
+    return total_loss / n, correct / n
+
+  def _evaluate_fn(self, x, y):
+    total_loss, correct = tf.constant(0.0), tf.constant(0.0)
+    for start in range(0, x.shape[0], self.eval_chunk):  # unrolled: static shapes
+      xb, yb = x[start:start + self.eval_chunk], y[start:start + self.eval_chunk]
+      logits = self.model(xb, training=False)
+      total_loss += self._loss(yb, logits)
+      correct += tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), yb), tf.float32))
+    n = float(x.shape[0])
+    return total_loss / n, correct / n
+
+  def train_block(self, x, y, block):
+    """Trains on the batches ``x[block[i]]``; returns (mean loss, mean accuracy) as floats."""
+    loss, acc = self._train_block(x, y, tf.constant(block))
+    return float(loss), float(acc)
+
+  def evaluate(self, x, y):
+    """(mean loss, accuracy) over all of (x, y), as floats."""
+    loss, acc = self._evaluate(x, y)
+    return float(loss), float(acc)
 
 
 class RoundCheckpoint:
@@ -121,85 +174,62 @@ class CorruptCheckpointError(RuntimeError):
   pass
 
 
-class _Bookkeeper(keras.callbacks.Callback):
-  """Records each evaluation, keeps the weights of the minimum validation loss, stops on NaN,
-  checkpoints, and logs progress. Runs once per evaluation (Keras epoch), never per batch."""
 
-  def __init__(self, progress, best_weights, eval_every, iterations, test_ds, checkpoint,
-               checkpoint_every, label):
-    super().__init__()
-    self.progress, self.best_weights = progress, best_weights
-    self.eval_every, self.iterations = eval_every, iterations
-    self.test_ds, self.checkpoint, self.checkpoint_every = test_ds, checkpoint, checkpoint_every
-    self.label = label
-    n_evals = iterations // eval_every
-    self.log_every = max(1, n_evals // 10)
+def train_round(trainer, train, table, val, test, eval_every, callbacks=(), checkpoint=None,
+                checkpoint_every=0, test_curve=False, label="round"):
+  """Trains ``trainer.model`` on ``train`` for ``len(table)`` iterations, batch i = table[i].
 
-  def on_epoch_end(self, epoch, logs=None):
-    p = self.progress
-    p.iteration = (epoch + 1) * self.eval_every
-    point = {"iteration": p.iteration, "loss": float(logs["loss"]),
-             "accuracy": float(logs["accuracy"]), "val_loss": float(logs["val_loss"]),
-             "val_accuracy": float(logs["val_accuracy"])}
-    if self.test_ds is not None:
-      test = self.model.evaluate(self.test_ds, verbose=0, return_dict=True)
-      point.update(test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]))
-    p.curve.append(point)
-    if not (math.isfinite(point["loss"]) and math.isfinite(point["val_loss"])):
-      p.diverged = True
-      self.model.stop_training = True
-      logging.warning("%s diverged at iteration %d (loss %s)", self.label, p.iteration,
-                      point["loss"])
-      return
-    if p.best is None or point["val_loss"] < p.best["val_loss"]:
-      p.best_index = len(p.curve) - 1
-      self.best_weights = [v.numpy() for v in self.model.trainable_variables]
-    if len(p.curve) % self.log_every == 0 or p.iteration == self.iterations:
-      logging.info("%s iteration %d/%d loss %.4f val_loss %.4f val_accuracy %.4f", self.label,
-                   p.iteration, self.iterations, point["loss"], point["val_loss"],
-                   point["val_accuracy"])
-    if (self.checkpoint is not None and self.checkpoint_every
-        and p.iteration % self.checkpoint_every == 0 and p.iteration < self.iterations):
-      self.checkpoint.save(p, self.best_weights)
-
-
-def train_round(model, make_train_ds, val_ds, test_ds, iterations, eval_every, callbacks=(),
-                checkpoint=None, checkpoint_every=0, test_curve=False, label="round"):
-  """Trains ``model`` (compiled, optimizer already fresh or restored) to ``iterations``.
-
-  ``make_train_ds(start_iteration)`` gives the batches from ``start_iteration`` on;
-  when ``checkpoint`` holds a checkpoint, training state is restored from it first. Returns
-  a RoundResult; the model is left at its final weights.
+  The optimizer must already be fresh; if ``checkpoint`` holds a checkpoint, the model and
+  optimizer are restored from it and training resumes there. Returns a RoundResult; the model
+  is left at its final weights.
   """
-  start = time.perf_counter()
+  model, iterations = trainer.model, len(table)
+  start_time = time.perf_counter()
   restored = checkpoint.restore() if checkpoint is not None else None
   progress, best_weights = restored if restored else (Progress(), None)
   if restored:
     logging.info("%s resuming from iteration %d", label, progress.iteration)
-  keeper = _Bookkeeper(progress, best_weights, eval_every, iterations,
-                       test_ds if test_curve else None, checkpoint, checkpoint_every, label)
-  if progress.iteration < iterations and not progress.diverged:
-    model.fit(make_train_ds(progress.iteration), epochs=iterations // eval_every,
-              initial_epoch=progress.iteration // eval_every, steps_per_epoch=eval_every,
-              validation_data=val_ds, callbacks=[*callbacks, keeper], verbose=0)
+  callbacks = keras.callbacks.CallbackList(list(callbacks), model=model)
+  log_every = max(1, (iterations // eval_every) // 10)
+  callbacks.on_train_begin()
+  while progress.iteration < iterations and not progress.diverged:
+    loss, accuracy = trainer.train_block(
+        train.x, train.y, table[progress.iteration:progress.iteration + eval_every])
+    progress.iteration += eval_every
+    val_loss, val_accuracy = trainer.evaluate(val.x, val.y)
+    point = dict(iteration=progress.iteration, loss=loss, accuracy=accuracy, val_loss=val_loss,
+                 val_accuracy=val_accuracy)
+    if test_curve:
+      point["test_loss"], point["test_accuracy"] = trainer.evaluate(test.x, test.y)
+    progress.curve.append(point)
+    if not (math.isfinite(loss) and math.isfinite(val_loss)):
+      progress.diverged = True
+      logging.warning("%s diverged at iteration %d (loss %s)", label, progress.iteration, loss)
+    elif progress.best is None or val_loss < progress.best["val_loss"]:
+      progress.best_index = len(progress.curve) - 1
+      best_weights = [v.numpy() for v in model.trainable_variables]
+    if len(progress.curve) % log_every == 0 or progress.iteration == iterations:
+      logging.info("%s iteration %d/%d loss %.4f val_loss %.4f val_accuracy %.4f", label,
+                   progress.iteration, iterations, loss, val_loss, val_accuracy)
+    callbacks.on_epoch_end(len(progress.curve) - 1, dict(point))
+    if (checkpoint is not None and checkpoint_every and not progress.diverged
+        and progress.iteration % checkpoint_every == 0 and progress.iteration < iterations):
+      checkpoint.save(progress, best_weights)
+  callbacks.on_train_end()
   final_weights = [v.numpy() for v in model.trainable_variables]
-  final_test = _accuracy(model, test_ds)
+  final_test = trainer.evaluate(test.x, test.y)[1]
   best = progress.best
   if best is None:  # diverged before the first finite validation loss
     es = dict(iteration=-1, val_loss=math.nan, val_accuracy=math.nan, test=math.nan)
   else:
-    for v, w in zip(model.trainable_variables, keeper.best_weights):
+    for v, w in zip(model.trainable_variables, best_weights):
       v.assign(w)
     es = dict(iteration=best["iteration"], val_loss=best["val_loss"],
-              val_accuracy=best["val_accuracy"], test=_accuracy(model, test_ds))
+              val_accuracy=best["val_accuracy"], test=trainer.evaluate(test.x, test.y)[1])
     for v, w in zip(model.trainable_variables, final_weights):
       v.assign(w)
   return RoundResult(
       curve=progress.curve, early_stop_iteration=es["iteration"],
       early_stop_val_loss=es["val_loss"], early_stop_val_accuracy=es["val_accuracy"],
       early_stop_test_accuracy=es["test"], final_test_accuracy=final_test,
-      diverged=progress.diverged, seconds=time.perf_counter() - start)
-
-
-def _accuracy(model, ds):
-  return float(model.evaluate(ds, verbose=0, return_dict=True)["accuracy"])
+      diverged=progress.diverged, seconds=time.perf_counter() - start_time)

@@ -20,7 +20,7 @@ def test_split_is_disjoint_seeded_and_complete():
   assert not np.array_equal(other[3], vy)
 
 
-def test_batch_order_is_seeded_covers_epochs_and_resumes():
+def test_batch_order_is_seeded_and_covers_epochs():
   table = data.batch_indices(100, 30, 20, seed=1)
   assert table.shape == (20, 30)
   flat = table.ravel()
@@ -28,12 +28,8 @@ def test_batch_order_is_seeded_covers_epochs_and_resumes():
     assert sorted(flat[e * 100:(e + 1) * 100]) == list(range(100))
   np.testing.assert_array_equal(table, data.batch_indices(100, 30, 20, seed=1))
   assert not np.array_equal(table, data.batch_indices(100, 30, 20, seed=2))
-  x, y = np.arange(100, dtype=np.uint8)[:, None], np.arange(100)
-  full = [b[1].numpy() for b in data.train_dataset(x, y, 30, 20, seed=1)]
-  resumed = [b[1].numpy() for b in data.train_dataset(x, y, 30, 20, seed=1, start_iteration=7)]
-  assert len(full) == 20 and len(resumed) == 13
-  for a, b in zip(full[7:], resumed):
-    np.testing.assert_array_equal(a, b)
+  # the table for fewer iterations is a prefix: the order does not depend on the round length
+  np.testing.assert_array_equal(data.batch_indices(100, 30, 7, seed=1), table[:7])
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])

@@ -174,3 +174,76 @@ def test_seeds_are_pure_functions_of_their_parts():
   assert experiment.derive_seed(0, 1, "reinit", 2) == experiment.derive_seed(0, 1, "reinit", 2)
   assert experiment.derive_seed(0, 1, "reinit", 2) != experiment.derive_seed(0, 1, "reinit", 3)
   assert experiment.derive_seed(0, 1, "init") != experiment.derive_seed(0, 2, "init")
+
+
+class Interrupt(Exception):
+  pass
+
+
+class InterruptAt(keras.callbacks.Callback):
+  """Raises at an evaluation of one stage, as a kill would stop the process there."""
+
+  def __init__(self, stage_index, epoch):
+    super().__init__()
+    self.stage_index, self.epoch, self.seen = stage_index, epoch, -1
+
+  def on_train_begin(self, logs=None):
+    self.seen += 1
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.seen == self.stage_index and epoch == self.epoch:
+      raise Interrupt()
+
+
+def test_interrupted_round_resumes_from_checkpoint_bit_identically(tmp_path, splits):
+  cfg = _cfg(rounds=2, controls=("reinit",), iterations=160)
+  whole = experiment.run(cfg, str(tmp_path / "whole"), splits, checkpoint_every=40)
+  out = str(tmp_path / "cut")
+  # stage 3 is the ticket's round 2; stop it at its 3rd evaluation (iteration 120)
+  with pytest.raises(Interrupt):
+    experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[InterruptAt(3, 2)])
+  ckpt = f"{experiment.stage_dir(out, 'ticket', 0, 2)}/checkpoint"
+  assert artifacts.exists(f"{ckpt}/checkpoint")  # the round left a checkpoint (iteration 80)
+  recorder = StageRecorder()
+  resumed = experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[recorder])
+  assert len(recorder.starts) == 2  # the interrupted ticket round and reinit round 2
+  assert resumed == whole  # bit-identical rows, floats compared exactly
+  assert not artifacts.exists(ckpt)  # checkpoints are deleted once a round is done
+  for arm, t, r in cfg.stages():
+    a = artifacts.read_weights(f"{experiment.stage_dir(str(tmp_path / 'whole'), arm, t, r)}/weights.npz")
+    b = artifacts.read_weights(f"{experiment.stage_dir(out, arm, t, r)}/weights.npz")
+    for n in a:
+      np.testing.assert_array_equal(a[n][0], b[n][0])
+
+
+def test_divergence_is_recorded_and_ends_the_trial_or_stops(tmp_path, splits):
+  cfg = _cfg(rounds=2, controls=("reinit",), learning_rate=1e9)
+  rows = experiment.run(cfg, str(tmp_path / "go"), splits)
+  assert rows[0]["arm"] == "ticket" and rows[0]["diverged"] is True
+  assert len(rows) == 1  # the ticket diverged at round 0: nothing can be pruned from it
+  m = artifacts.read_json(f"{experiment.stage_dir(str(tmp_path / 'go'), 'ticket', 0, 0)}/metrics.json")
+  last = m["curve"][-1]
+  assert not (np.isfinite(last["loss"]) and np.isfinite(last["val_loss"]))
+  finite = [np.isfinite(p["loss"]) and np.isfinite(p["val_loss"]) for p in m["curve"]]
+  assert finite.index(False) == len(finite) - 1  # training stopped at the first NaN/inf
+  csv = artifacts.read_results(f"{tmp_path}/go/results.csv")
+  assert csv[0]["diverged"] == 1
+  with pytest.raises(experiment.DivergedError, match="--on_divergence"):
+    experiment.run(cfg, str(tmp_path / "stop"), splits, on_divergence="stop")
+  assert artifacts.exists(f"{tmp_path}/stop/results.csv")  # recorded before stopping
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path, splits):
+  cfg = _cfg(rounds=0, controls=(), iterations=160)
+  out = str(tmp_path)
+  with pytest.raises(Interrupt):
+    experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[InterruptAt(0, 2)])
+  ckpt_dir = f"{experiment.stage_dir(out, 'ticket', 0, 0)}/checkpoint"
+  import glob
+  for path in glob.glob(f"{ckpt_dir}/ckpt-*.data-*"):
+    with open(path, "wb") as f:
+      f.write(b"garbage")
+  from lth_tf import training
+  with pytest.raises(training.CorruptCheckpointError, match="ckpt-") as e:
+    experiment.run(cfg, out, splits, checkpoint_every=40)
+  assert "delete the folder" in str(e.value) and "\n" not in str(e.value)

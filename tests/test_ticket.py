@@ -1,14 +1,25 @@
 """TF-MOT wrapping: masks are applied, stay fixed through training, and rewinding keeps them."""
 import numpy as np
-import tensorflow as tf
+import tf_keras as keras
 
 from lth_tf import data, masks, models, pruning, ticket, training
 
 
 def _wrapped(seed=0):
   model = ticket.wrap(models.build("lenet300_100", (28, 28, 1), seed=seed))
-  optimizer = training.compile_model(model, 1e-3)
-  return model, optimizer
+  return model, training.Trainer(model, 1e-3)
+
+
+def _train(trainer, splits, iterations, eval_every):
+  table = data.batch_indices(len(splits.train_x), 30, iterations, seed=0)
+  return training.train_round(
+      trainer, training.Split.of(splits.train_x, splits.train_y), table,
+      training.Split.of(splits.val_x, splits.val_y),
+      training.Split.of(splits.test_x, splits.test_y), eval_every)
+
+
+def keras_loss():
+  return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _half_mask(model, seed=0):
@@ -18,13 +29,10 @@ def _half_mask(model, seed=0):
 
 
 def test_mask_fixed_through_training_and_pruned_weights_zero(splits):
-  model, _ = _wrapped()
+  model, trainer = _wrapped()
   mask = _half_mask(model)
   ticket.set_masks(model, mask)
-  result = training.train_round(
-      model, lambda s: data.train_dataset(splits.train_x, splits.train_y, 30, 100, 0, s),
-      data.eval_dataset(splits.val_x, splits.val_y), data.eval_dataset(splits.test_x, splits.test_y),
-      iterations=100, eval_every=50)
+  result = _train(trainer, splits, 100, 50)
   after = ticket.get_masks(model)
   for n in mask:
     np.testing.assert_array_equal(after[n], mask[n])
@@ -45,14 +53,11 @@ def test_mask_fixed_through_training_and_pruned_weights_zero(splits):
 
 
 def test_training_changes_only_surviving_weights(splits):
-  model, _ = _wrapped()
+  model, trainer = _wrapped()
   mask = _half_mask(model, seed=3)
   before = ticket.get_weights(model)
   ticket.set_masks(model, mask)
-  training.train_round(
-      model, lambda s: data.train_dataset(splits.train_x, splits.train_y, 30, 50, 0, s),
-      data.eval_dataset(splits.val_x, splits.val_y), data.eval_dataset(splits.test_x, splits.test_y),
-      iterations=50, eval_every=50)
+  _train(trainer, splits, 50, 50)
   ticket.apply_masks(model)
   after = ticket.get_weights(model)
   for n in mask:
@@ -79,8 +84,9 @@ def test_rewind_callback_captures_weights_at_train_begin(splits):
   model, _ = _wrapped()
   start = ticket.get_weights(model)
   rewinder = ticket.RewindCallback()
-  model.fit(data.train_dataset(splits.train_x, splits.train_y, 30, 5, 0), epochs=1,
-            steps_per_epoch=5, callbacks=[rewinder], verbose=0)
+  model.compile("adam", keras_loss())
+  model.fit(splits.train_x[:60], splits.train_y[:60], batch_size=30, callbacks=[rewinder],
+            verbose=0)
   for name in start:
     np.testing.assert_array_equal(rewinder.weights[name][0], start[name][0])
 
@@ -106,3 +112,22 @@ def test_paper_architectures_have_the_papers_parameter_counts():
     kernels = ticket.get_kernels(ticket.wrap(models.build(name, shape)))
     total = sum(k.size for k in kernels.values())
     assert abs(total - count) / count < 0.05, (name, total)
+
+
+def test_evaluate_matches_keras_evaluate(splits):
+  model, trainer = _wrapped()
+  ticket.set_masks(model, _half_mask(model))
+  model.compile("adam", keras_loss(), metrics=["accuracy"])
+  loss, acc = model.evaluate(splits.test_x, splits.test_y, batch_size=100, verbose=0)
+  ours = trainer.evaluate(splits.test_x, splits.test_y)
+  np.testing.assert_allclose(ours, (loss, acc), rtol=1e-5)
+
+
+def test_reset_optimizer_makes_it_fresh(splits):
+  model, trainer = _wrapped()
+  _train(trainer, splits, 50, 50)
+  assert int(trainer.optimizer.iterations) == 50
+  trainer.reset_optimizer()
+  assert int(trainer.optimizer.iterations) == 0
+  assert all(not np.any(v.numpy()) for v in trainer.optimizer.variables)
+  assert float(trainer.optimizer.learning_rate) == np.float32(1e-3)
