@@ -16,7 +16,7 @@ from lth_tf import artifacts, masks
 pytestmark = pytest.mark.skipif(not FASHION_MANUAL_DIR.exists(),
                                 reason="needs ../shared/datasets/fashion_mnist")
 ARGS = ["--model=lenet300_100", "--dataset=fashion_mnist", f"--manual_dir={FASHION_MANUAL_DIR}",
-        "--rounds=1", "--iterations=2000", "--eval_every=100", "--checkpoint_every=200",
+        "--rounds=1", "--iterations=1000", "--eval_every=100", "--checkpoint_every=100",
         "--controls=reinit", "--threads=1"]
 
 
