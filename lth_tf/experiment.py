@@ -13,6 +13,7 @@ Output layout under ``output_dir``::
   <arm>/trial_<t>/round_<r>/masks.npz    the mask trained in that stage
   <arm>/trial_<t>/round_<r>/weights.npz  the trained (masked) weights at the last iteration
   <arm>/trial_<t>/round_<r>/metrics.json the results.csv row, per-layer sparsity, the curve
+  <arm>/trial_<t>/round_<r>/ticket/      the trained ticket as a SavedModel (with export)
 """
 import dataclasses
 import zlib
@@ -20,7 +21,8 @@ import zlib
 import numpy as np
 from absl import logging
 
-from lth_tf import artifacts, data, masks, models, pruning, ticket, training
+from lth_tf import artifacts, data, masks, models, pruning, summaries, ticket, training
+from lth_tf import export as export_lib
 
 CONTROLS = ("reinit", "random_prune")
 
@@ -147,13 +149,16 @@ def collect_rows(cfg, output_dir):
 class _Run:
   """One experiment's shared state: the compiled model reused by every stage, and the data."""
 
-  def __init__(self, cfg, output_dir, splits, checkpoint_every, jit_compile, callbacks):
+  def __init__(self, cfg, output_dir, splits, checkpoint_every, jit_compile, callbacks, export,
+               logdir):
     self.cfg, self.out, self.splits = cfg, output_dir, splits
     self.callbacks = list(callbacks)
+    self.logdir = logdir
     self.checkpoint_every = checkpoint_every
     self.shape = splits.train_x.shape[1:]
     self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
     self.trainer = training.Trainer(self.model, cfg.learning_rate, jit_compile)
+    self.exporter = export_lib.TicketExporter(self.model) if export else None
     self.train = training.Split.of(splits.train_x, splits.train_y)
     self.val = training.Split.of(splits.val_x, splits.val_y)
     self.test = training.Split.of(splits.test_x, splits.test_y)
@@ -215,10 +220,11 @@ class _Run:
     logging.info("%s %.2f%% of weights remaining", label, pct)
     if arm == "reinit":
       init_seed = derive_seed(cfg.seed, trial, arm, round_)
+      init = self.fresh_weights(init_seed)
       ticket.set_masks(self.model, mask)
-      ticket.set_weights(self.model, self.fresh_weights(init_seed))
+      ticket.set_weights(self.model, init)
     else:  # the ticket and random_prune start from θ0 under their mask
-      init_seed = self.theta0_seed(trial)
+      init_seed, init = self.theta0_seed(trial), rewinder.weights
       rewinder.rewind(self.model, mask)
     self.trainer.reset_optimizer()
     checkpoint = (training.RoundCheckpoint(f"{out_dir}/checkpoint", self.model,
@@ -227,13 +233,19 @@ class _Run:
     data_seed = derive_seed(cfg.seed, trial, round_, "data")
     table = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.iterations,
                                data_seed)
+    callbacks = [rewinder, *self.callbacks]
+    if self.logdir:
+      callbacks.append(summaries.StageSummaries(
+          summaries.stage_run(self.logdir, arm, trial, round_), cfg.iterations))
     result = training.train_round(
         self.trainer, self.train, table, self.val, self.test, cfg.eval_every,
-        callbacks=[rewinder, *self.callbacks], checkpoint=checkpoint,
+        callbacks=callbacks, checkpoint=checkpoint,
         checkpoint_every=self.checkpoint_every, test_curve=cfg.test_curve, label=label)
     ticket.apply_masks(self.model)
     final = ticket.get_weights(self.model)
     artifacts.write_weights(f"{out_dir}/weights.npz", final)
+    if self.exporter is not None:
+      self.exporter.export(f"{out_dir}/ticket", init)
     row = dict(arm=arm, trial=trial, round=round_, weights_remaining=pct,
                early_stop_iteration=result.early_stop_iteration,
                early_stop_val_loss=result.early_stop_val_loss,
@@ -252,22 +264,32 @@ class _Run:
                  "(final %.4f), %.1f s", label, result.early_stop_iteration,
                  result.early_stop_val_loss, result.early_stop_test_accuracy,
                  result.final_test_accuracy, result.seconds)
-    artifacts.write_results(f"{self.out}/results.csv", collect_rows(cfg, self.out))
+    self.write_results()
     return metrics
+
+  def write_results(self):
+    """results.csv and the TensorBoard summary run, from every finished stage's metrics.json."""
+    rows = collect_rows(self.cfg, self.out)
+    artifacts.write_results(f"{self.out}/results.csv", rows)
+    if self.logdir:
+      summaries.write_summary(self.logdir, rows, dataclasses.asdict(self.cfg))
+    return rows
 
 
 def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks=(),
-        on_divergence="continue"):
+        on_divergence="continue", export=False, logdir=None):
   """Runs (or resumes) every stage of ``cfg`` into ``output_dir``; returns results.csv rows.
 
-  ``callbacks`` are extra Keras callbacks given to every stage's training. A stage whose loss
+  ``callbacks`` are extra Keras callbacks given to every stage's training. ``export`` writes
+  each stage's ticket as a SavedModel; ``logdir`` enables TensorBoard runs. A stage whose loss
   becomes NaN/inf is recorded as diverged; then ``on_divergence="stop"`` raises DivergedError,
   and "continue" goes on, except that a diverged ticket ends its trial (later rounds would be
   pruned from NaN weights).
   """
   if on_divergence not in ("continue", "stop"):
     raise ConfigError(f"--on_divergence={on_divergence} is invalid; use continue or stop")
-  run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile, callbacks)
+  run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile, callbacks,
+              export, logdir)
   for trial in range(cfg.trials):
     rewinder = ticket.RewindCallback(run_.theta0(trial))
     for arm, _, r in [s for s in cfg.stages() if s[1] == trial]:
@@ -280,6 +302,4 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
       if metrics["diverged"] and arm == "ticket":
         logging.warning("trial %d ends at round %d: its ticket diverged", trial, r)
         break
-  rows = collect_rows(cfg, output_dir)
-  artifacts.write_results(f"{output_dir}/results.csv", rows)
-  return rows
+  return run_.write_results()

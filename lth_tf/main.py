@@ -39,6 +39,10 @@ flags.DEFINE_bool("overwrite", False, "Delete an existing experiment in --output
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's, ~/tensorflow_datasets).")
 flags.DEFINE_string("manual_dir", None, "Folder holding the dataset's original archives, for "
                     "preparing it offline (here: ../shared/datasets/fashion_mnist).")
+flags.DEFINE_bool("export", True, "Export every stage's trained ticket as a SavedModel in "
+                  "<output_dir>/<arm>/trial_<t>/round_<r>/ticket.")
+flags.DEFINE_string("logdir", None, "TensorBoard dir (default: <output_dir>/tensorboard; "
+                    "empty: no TensorBoard logs).")
 flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint a round every this many iterations "
                      "(a multiple of --eval_every; 0: never).")
 flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: all cores). Part of the "
@@ -153,7 +157,10 @@ def main(argv):
       raise UserError(f"--dataset={cfg.dataset} gave images of shape "
                       f"{splits.train_x.shape[1:]}, expected {data.SHAPES[cfg.dataset]}")
     rows = experiment.run(cfg, output_dir, splits, checkpoint_every=FLAGS.checkpoint_every,
-                          jit_compile=values["xla"], on_divergence=FLAGS.on_divergence)
+                          jit_compile=values["xla"], on_divergence=FLAGS.on_divergence,
+                          export=FLAGS.export,
+                          logdir=(f"{output_dir}/tensorboard" if FLAGS.logdir is None
+                                  else FLAGS.logdir or None))
     logging.info("done: %d rows in %s/results.csv", len(rows), output_dir)
     for path in plot.plot_experiment(output_dir):
       logging.info("wrote %s", path)

@@ -39,3 +39,20 @@ def run_cli(args, cwd=REPO, timeout=600):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   return subprocess.run([sys.executable, "-m", "lth_tf.main", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+TINY_ARGS = ["--model=lenet300_100", "--dataset=fashion_mnist", f"--manual_dir={FASHION_MANUAL_DIR}",
+             "--rounds=1", "--iterations=200", "--eval_every=100", "--checkpoint_every=0"]
+needs_fashion = pytest.mark.skipif(not FASHION_MANUAL_DIR.exists(),
+                                   reason="needs ../shared/datasets/fashion_mnist")
+
+
+@pytest.fixture(scope="session")
+def cli_experiment(tmp_path_factory):
+  """One finished tiny CLI experiment on real Fashion-MNIST: (output dir, CompletedProcess)."""
+  if not FASHION_MANUAL_DIR.exists():
+    pytest.skip("needs ../shared/datasets/fashion_mnist")
+  out = tmp_path_factory.mktemp("cli") / "exp"
+  proc = run_cli([*TINY_ARGS, f"--output_dir={out}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, proc

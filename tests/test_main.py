@@ -1,13 +1,9 @@
 """The command line as a user runs it: a real run on Fashion-MNIST, and bad input."""
 import pytest
 
-from conftest import FASHION_MANUAL_DIR, run_cli
+from conftest import TINY_ARGS as TINY
+from conftest import run_cli
 from lth_tf import artifacts
-
-needs_fashion = pytest.mark.skipif(not FASHION_MANUAL_DIR.exists(),
-                                   reason="needs ../shared/datasets/fashion_mnist")
-TINY = ["--model=lenet300_100", "--dataset=fashion_mnist", f"--manual_dir={FASHION_MANUAL_DIR}",
-        "--rounds=1", "--iterations=200", "--eval_every=100", "--checkpoint_every=0"]
 
 
 def _error_line(proc):
@@ -18,11 +14,8 @@ def _error_line(proc):
   return lines[-1]
 
 
-@needs_fashion
-def test_cli_runs_writes_layout_and_refuses_other_flags(tmp_path):
-  out = tmp_path / "exp"
-  proc = run_cli([*TINY, f"--output_dir={out}"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_cli_runs_writes_layout_and_refuses_other_flags(cli_experiment):
+  out, proc = cli_experiment
   rows = artifacts.read_results(f"{out}/results.csv")
   assert [(r["arm"], r["round"]) for r in rows] == [("ticket", 0), ("ticket", 1), ("reinit", 1)]
   flags_cfg = (out / "flags.cfg").read_text()

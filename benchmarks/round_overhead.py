@@ -1,0 +1,264 @@
+"""What one lottery round costs over plain Keras training of the same network.
+
+Users budget experiments in rounds, so a round should cost no more than the fastest plain
+Keras fit with the same schedule. In one process, alternating the contenders, median of
+``--repeats``:
+
+  plain  the unwrapped model, ``compile(jit_compile=True, steps_per_execution=eval_every)``,
+         ``fit`` on a cached, shuffled, batched, prefetched tf.data pipeline, validation
+         (batches of 1000) every ``eval_every`` iterations;
+  round  what ``experiment._Run.stage`` does per round, minus writing artifacts: rewind the
+         TF-MOT-wrapped model to θ0 under a fixed 50%-per-layer magnitude mask, reset the
+         optimizer, build the batch table, ``training.train_round`` (validation every
+         ``eval_every``, test accuracy at the final and the early-stopping weights).
+
+LeNet-300-100 runs on Fashion-MNIST; Conv-2 on random uint8 data shaped like CIFAR-10 (no
+CIFAR-10 on this machine; speed does not depend on pixel values). Usage:
+
+  python -m benchmarks.round_overhead --threads=1
+
+The last line is machine-readable: ``round/plain lenet300_100=<ratio> conv2=<ratio>``.
+"""
+import resource
+import statistics
+import time
+
+from absl import app, flags
+
+import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from lth_tf import data, experiment, masks, models, pruning, ticket, training
+
+FLAGS = flags.FLAGS
+MANUAL_DIR = "../shared/datasets/fashion_mnist"
+BATCH_SIZE = experiment.PAPER_BATCH_SIZE
+VAL_BATCH = 1000
+
+
+def define_flags():
+  """Flags of this script; not defined on import, so round_stability can reuse its helpers."""
+  flags.DEFINE_integer("repeats", 5, "Timed repeats of each contender (median reported).")
+  flags.DEFINE_integer("lenet_iterations", 2000, "Iterations per LeNet-300-100 run.")
+  flags.DEFINE_integer("conv2_iterations", 200, "Iterations per Conv-2 run.")
+  flags.DEFINE_integer("eval_every", 100, "Validate every this many iterations (both).")
+  flags.DEFINE_integer("threads", 1, "TensorFlow intra-op threads, as lth_tf.main's --threads "
+                       "(0: all cores). Default 1 so that numbers compare across machines "
+                       "and a concurrent experiment keeps its core.")
+  flags.DEFINE_bool("deterministic", True, "Enable op determinism, as lth_tf.main does.")
+  flags.DEFINE_string("manual_dir", MANUAL_DIR, "Folder with the Fashion-MNIST archives.")
+  flags.DEFINE_list("conv2_sizes", ["50000", "5000", "10000"],
+                    "Train,val,test sizes of Conv-2's synthetic CIFAR-shaped data.")
+  flags.DEFINE_bool("test_curve", False, "Also evaluate the test set at every evaluation "
+                    "in the round, as lth_tf.main --test_curve does.")
+
+
+def setup_tensorflow(threads, deterministic, seed=0):
+  """The thread count and determinism lth_tf.main sets, before any TF op runs."""
+  import tensorflow as tf
+  import tf_keras
+
+  tf.config.threading.set_intra_op_parallelism_threads(threads)
+  tf_keras.utils.set_random_seed(seed)
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
+
+
+def fashion_mnist(manual_dir):
+  """Fashion-MNIST with the experiment's validation split."""
+  return data.load("fashion_mnist", manual_dir=manual_dir,
+                   split_seed=experiment.derive_seed(0, "split"))
+
+
+def cifar_shaped(sizes, seed=0):
+  """Random uint8 images 32x32x3 and labels in 0..9, ``sizes`` = (train, val, test)."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  parts = []
+  for n in sizes:
+    parts += [rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+              rng.integers(0, data.NUM_CLASSES, n).astype(np.int64)]
+  return data.Splits(*parts)
+
+
+def forward_macs(model):
+  """Multiply-adds of one example's forward pass through the Dense and Conv2D layers (dense)."""
+  import numpy as np
+  total = 0
+  for layer in ticket.weight_layers(model).values():
+    kernel = layer.kernel.shape
+    if len(kernel) == 4:  # Conv2D: every output position does kh*kw*cin MACs per filter
+      total += int(np.prod(layer.output_shape[1:])) * int(np.prod(kernel[:3]))
+    else:
+      total += int(kernel[0]) * int(kernel[1])
+  return total
+
+
+def magnitude_mask(model, fraction_pruned):
+  """A layerwise magnitude mask pruning ``fraction_pruned`` of every prunable layer."""
+  kernels = ticket.get_kernels(model)
+  sizes = {n: k.size for n, k in kernels.items()}
+  keep = pruning.keep_counts(sizes, {n: fraction_pruned for n in sizes}, 1)
+  return pruning.prune("layerwise", kernels, masks.ones_like(kernels), keep)
+
+
+class LotteryRound:
+  """One wrapped model and one Trainer reused by every round, as experiment._Run keeps them."""
+
+  def __init__(self, model_name, splits, learning_rate, eval_every, test_curve=False):
+    self.model = ticket.wrap(models.build(model_name, splits.train_x.shape[1:]))
+    self.trainer = training.Trainer(self.model, learning_rate)
+    self.rewinder = ticket.RewindCallback(ticket.get_weights(self.model))
+    self.train = training.Split.of(splits.train_x, splits.train_y)
+    self.val = training.Split.of(splits.val_x, splits.val_y)
+    self.test = training.Split.of(splits.test_x, splits.test_y)
+    self.num_train, self.eval_every, self.test_curve = len(splits.train_x), eval_every, test_curve
+
+  def run(self, mask, iterations, seed=0):
+    """Rewind under ``mask``, fresh optimizer, batch table, train_round, as _Run.stage does."""
+    self.rewinder.rewind(self.model, mask)
+    self.trainer.reset_optimizer()
+    table = data.batch_indices(self.num_train, BATCH_SIZE, iterations, seed)
+    result = training.train_round(self.trainer, self.train, table, self.val, self.test,
+                                  self.eval_every, callbacks=[self.rewinder],
+                                  test_curve=self.test_curve)
+    ticket.apply_masks(self.model)
+    return result
+
+
+class PlainKeras:
+  """The unwrapped model under Keras's fastest fit: XLA, steps_per_execution, tf.data."""
+
+  def __init__(self, model_name, splits, learning_rate, eval_every, seed=0):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    self.model = models.build(model_name, splits.train_x.shape[1:])
+    self.model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"], jit_compile=True, steps_per_execution=eval_every)
+    self.initial = self.model.get_weights()
+    self.eval_every = eval_every
+    self.train = (tf.data.Dataset.from_tensor_slices((splits.train_x, splits.train_y)).cache()
+                  .shuffle(len(splits.train_x), seed=seed).repeat()
+                  .batch(BATCH_SIZE, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    self.val = (tf.data.Dataset.from_tensor_slices((splits.val_x, splits.val_y))
+                .batch(VAL_BATCH).cache().prefetch(tf.data.AUTOTUNE))
+
+  def reset(self):
+    """θ0 and a zeroed optimizer, so every run trains the same problem (not timed)."""
+    import tensorflow as tf
+    self.model.set_weights(self.initial)
+    for v in self.model.optimizer.variables:
+      v.assign(tf.zeros_like(v))
+
+  def run(self, iterations):
+    self.model.fit(self.train, steps_per_epoch=self.eval_every,
+                   epochs=iterations // self.eval_every, validation_data=self.val, verbose=0)
+
+
+def seconds(fn, *args):
+  """Wall time of ``fn(*args)``."""
+  start = time.perf_counter()
+  fn(*args)
+  return time.perf_counter() - start
+
+
+def alternate(plain, round_, mask, iterations, repeats):
+  """Per-repeat seconds of each contender; the order flips every repeat (ABBA) against drift."""
+  times = {"plain": [], "round": []}
+
+  def time_plain():
+    plain.reset()
+    times["plain"].append(seconds(plain.run, iterations))
+
+  def time_round():
+    times["round"].append(seconds(round_.run, mask, iterations))
+
+  for r in range(repeats):
+    for fn in ((time_plain, time_round) if r % 2 == 0 else (time_round, time_plain)):
+      fn()
+  return times
+
+
+def evaluation_seconds(trainer, split, calls):
+  """Median seconds of one compiled ``trainer.evaluate`` over ``split``."""
+  trainer.evaluate(split.x, split.y)  # traced already by the warm-up; this rules it out
+  return statistics.median(seconds(trainer.evaluate, split.x, split.y) for _ in range(calls))
+
+
+def rss_mb():
+  """Peak resident memory of this process so far, in MB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def benchmark(model_name, description, splits, iterations, learning_rate):
+  """Times both contenders on one network, prints the figures, returns round/plain."""
+  eval_every, repeats = FLAGS.eval_every, FLAGS.repeats
+  print(f"\n{model_name} on {description}: {len(splits.train_x)}/{len(splits.val_x)}/"
+        f"{len(splits.test_x)} train/val/test, {iterations} iterations, batch {BATCH_SIZE}, "
+        f"Adam {learning_rate:g}, validation every {eval_every}", flush=True)
+  plain = PlainKeras(model_name, splits, learning_rate, eval_every)
+  round_ = LotteryRound(model_name, splits, learning_rate, eval_every, FLAGS.test_curve)
+  mask = magnitude_mask(round_.model, 0.5)
+
+  plain.reset()
+  first_plain = seconds(plain.run, eval_every)
+  first_round = seconds(round_.run, mask, eval_every)
+  print(f"  first call (one {eval_every}-iteration block incl. XLA compilation): "
+        f"plain {first_plain:.2f} s, round {first_round:.2f} s", flush=True)
+
+  times = alternate(plain, round_, mask, iterations, repeats)
+  t_plain, t_round = statistics.median(times["plain"]), statistics.median(times["round"])
+  macs = forward_macs(plain.model)
+  flop_per_iteration = 2 * macs * 3 * BATCH_SIZE
+  print(f"  FLOP count: 2 x {macs:,} multiply-adds per example forward (Dense+Conv2D, dense) "
+        f"x 3 (forward+backward) x batch {BATCH_SIZE} = {flop_per_iteration / 1e6:,.1f} MFLOP "
+        f"per iteration; evaluation passes not counted")
+  for name, t, all_t in (("plain Keras fit", t_plain, times["plain"]),
+                         ("lth_tf round  ", t_round, times["round"])):
+    print(f"  {name}: {t:8.3f} s  {iterations / t:8.1f} it/s  "
+          f"{flop_per_iteration * iterations / t / 1e9:6.1f} GFLOP/s   "
+          f"(repeats: {', '.join(f'{x:.3f}' for x in all_t)})")
+
+  calls = max(1, min(3, repeats))
+  t_val = evaluation_seconds(round_.trainer, round_.val, calls)
+  t_test = evaluation_seconds(round_.trainer, round_.test, calls)
+  n_val = iterations // eval_every
+  n_test = 2 + (n_val if FLAGS.test_curve else 0)  # final and early-stopping weights
+  print(f"  round's evaluations: validation {n_val} x {t_val * 1e3:.1f} ms = "
+        f"{n_val * t_val:.3f} s ({100 * n_val * t_val / t_round:.1f}% of the round); test "
+        f"{n_test} x {t_test * 1e3:.1f} ms = {n_test * t_test:.3f} s "
+        f"({100 * n_test * t_test / t_round:.1f}%)")
+  ratio = t_round / t_plain
+  print(f"  round/plain: {ratio:.3f}; without the round's test evaluations (which plain does "
+        f"not do): {(t_round - n_test * t_test) / t_plain:.3f}; peak RSS {rss_mb():.0f} MB",
+        flush=True)
+  return ratio
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  for name in ("lenet_iterations", "conv2_iterations"):
+    value = FLAGS[name].value
+    if value < FLAGS.eval_every or value % FLAGS.eval_every:
+      raise app.UsageError(f"--{name}={value} must be a positive multiple of "
+                           f"--eval_every={FLAGS.eval_every}")
+  if FLAGS.repeats < 1:
+    raise app.UsageError(f"--repeats={FLAGS.repeats} must be at least 1")
+  setup_tensorflow(FLAGS.threads, FLAGS.deterministic)
+  print(f"round_overhead: one process, contenders alternated (ABBA), median of "
+        f"{FLAGS.repeats} repeat(s); intra-op threads {FLAGS.threads or 'all'}; "
+        f"deterministic ops {FLAGS.deterministic}; first calls excluded from the medians")
+  lenet = benchmark("lenet300_100", "Fashion-MNIST", fashion_mnist(FLAGS.manual_dir),
+                    FLAGS.lenet_iterations, experiment.PAPER["lenet300_100"]["learning_rate"])
+  sizes = [int(s) for s in FLAGS.conv2_sizes]
+  conv2 = benchmark("conv2", "SYNTHETIC random uint8 CIFAR-shaped (32x32x3) data",
+                    cifar_shaped(sizes), FLAGS.conv2_iterations,
+                    experiment.PAPER["conv2"]["learning_rate"])
+  print(f"round/plain lenet300_100={lenet:.3f} conv2={conv2:.3f}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
