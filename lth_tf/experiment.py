@@ -25,6 +25,8 @@ from lth_tf import artifacts, data, masks, models, pruning, summaries, ticket, t
 from lth_tf import export as export_lib
 
 CONTROLS = ("reinit", "random_prune")
+PRUNING = ("layerwise", "global")
+REWIND = ("init", "iteration", "none")
 
 # Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
 PAPER = {
@@ -65,7 +67,14 @@ class Config:
   trials: int = 1
   seed: int = 0
   initializer: str = "glorot_normal"
+  init_scale: float = 0.05
   test_curve: bool = False
+  pruning: str = "layerwise"
+  prune_rate: float = 0.2  # global pruning's per-round rate
+  global_output_layer: bool = False  # global pruning: pool the output layer too
+  one_shot: bool = False
+  rewind: str = "init"
+  rewind_iteration: int = 0
 
   def validate(self):
     """Raises ConfigError for the first bad setting found."""
@@ -97,6 +106,20 @@ class Config:
       if c not in CONTROLS:
         raise ConfigError(f"--controls contains unknown control {c!r}; use a comma list of "
                           f"{', '.join(CONTROLS)} (or nothing)")
+    if self.pruning not in PRUNING:
+      raise ConfigError(f"--pruning={self.pruning} is unknown; use one of {', '.join(PRUNING)}")
+    if not 0.0 <= self.prune_rate < 1.0:
+      raise ConfigError(f"--prune_rate={self.prune_rate} is outside [0, 1); pass a fraction")
+    if self.rewind not in REWIND:
+      raise ConfigError(f"--rewind={self.rewind} is unknown; use one of {', '.join(REWIND)}")
+    if self.rewind == "iteration" and not (
+        0 < self.rewind_iteration <= self.iterations
+        and self.rewind_iteration % self.eval_every == 0):
+      raise ConfigError(f"--rewind_iteration={self.rewind_iteration} must be a positive multiple "
+                        f"of --eval_every={self.eval_every} up to --iterations={self.iterations}")
+    if self.one_shot and self.rewind == "none":
+      raise ConfigError("--one_shot with --rewind=none has no previous round to fine-tune; "
+                        "use --rewind=init or iteration")
     if self.initializer not in models.INITIALIZERS:
       raise ConfigError(f"--initializer={self.initializer} is unknown; use one of "
                         f"{', '.join(models.INITIALIZERS)}")
@@ -124,6 +147,10 @@ def stage_dir(output_dir, arm, trial, round_):
 
 def theta0_path(output_dir, trial):
   return f"{output_dir}/ticket/trial_{trial}/theta0.npz"
+
+
+def rewind_path(output_dir, trial, iteration):
+  return f"{output_dir}/ticket/trial_{trial}/theta_{iteration}.npz"
 
 
 def layer_rates(cfg, model):
@@ -164,10 +191,50 @@ class _Run:
     self.test = training.Split.of(splits.test_x, splits.test_y)
     self.rates = layer_rates(cfg, self.model)
     self.sizes = {n: k.size for n, k in ticket.get_kernels(self.model).items()}
+    self.output_layer = next(n for n, w in ticket.wrappers(self.model).items()
+                             if models.layer_kind(w.layer) == "output")
 
   def fresh_weights(self, seed):
-    return ticket.get_weights(models.build(self.cfg.model, self.shape,
-                                           init=self.cfg.initializer, seed=seed))
+    return ticket.get_weights(models.build(self.cfg.model, self.shape, init=self.cfg.initializer,
+                                           seed=seed, init_scale=self.cfg.init_scale))
+
+  def targets(self, round_):
+    """How many weights each group of layers keeps after ``round_`` rounds."""
+    if self.cfg.pruning == "layerwise":
+      return pruning.layerwise_targets(self.sizes, self.rates, round_)
+    pooled = [n for n in self.sizes if self.cfg.global_output_layer or n != self.output_layer]
+    return pruning.global_targets(self.sizes, pooled, self.cfg.prune_rate, self.rates, round_)
+
+  def rewinder(self, trial):
+    """The RewindCallback of ``trial``: θ0, or θ_k saved during the dense round."""
+    if self.cfg.rewind != "iteration":
+      return ticket.RewindCallback(self.theta0(trial))
+    path = rewind_path(self.out, trial, self.cfg.rewind_iteration)
+    saved = artifacts.read_weights(path) if artifacts.exists(path) else None
+    return ticket.RewindCallback(saved, rewind_iteration=self.cfg.rewind_iteration,
+                                 on_capture=lambda w: artifacts.write_weights(path, w))
+
+  def start(self, arm, trial, round_, rewinder, mask):
+    """Sets the model to the weights ``arm`` starts ``round_`` from, under ``mask``.
+
+    Returns (those weights before masking, their seed).
+    """
+    cfg = self.cfg
+    if arm != "reinit" and round_ > 0 and cfg.rewind != "none":
+      rewinder.rewind(self.model, mask)  # θ0, or θ_k with late resetting
+      return rewinder.weights, self.theta0_seed(trial)
+    if arm == "reinit":
+      seed = derive_seed(cfg.seed, trial, arm, round_)
+      init = self.fresh_weights(seed)
+    elif round_ == 0:
+      seed, init = self.theta0_seed(trial), self.theta0(trial)
+    else:  # rewind=none: fine-tune the previous round's trained weights
+      seed = self.theta0_seed(trial)
+      init = artifacts.read_weights(
+          f"{stage_dir(self.out, 'ticket', trial, round_ - 1)}/weights.npz")
+    ticket.set_masks(self.model, mask)
+    ticket.set_weights(self.model, init)
+    return init, seed
 
   def theta0_seed(self, trial):
     return derive_seed(self.cfg.seed, trial, "init")
@@ -193,19 +260,19 @@ class _Run:
     kernels = ticket.get_kernels(self.model)
     if round_ == 0:
       mask = masks.ones_like(kernels)
-    elif arm == "ticket":
-      prev = stage_dir(self.out, "ticket", trial, round_ - 1)
+    elif arm == "ticket":  # prune the trained previous round (one-shot: the dense round)
+      prev = stage_dir(self.out, "ticket", trial, 0 if self.cfg.one_shot else round_ - 1)
       trained = artifacts.read_weights(f"{prev}/weights.npz")
-      mask = pruning.prune("layerwise", {n: trained[n][0] for n in self.sizes},
+      mask = pruning.prune("magnitude", {n: trained[n][0] for n in self.sizes},
                            masks.from_bytes(artifacts.read_bytes(f"{prev}/masks.npz")),
-                           pruning.keep_counts(self.sizes, self.rates, round_))
-    else:
-      keep = {n: c for n, (c, _) in masks.counts(self.mask("ticket", trial, round_)).items()}
-      if arm == "reinit":
-        mask = self.mask("ticket", trial, round_)
-      else:  # random_prune: same per-layer counts, positions at random
-        rng = np.random.default_rng(self.mask_seed(arm, trial, round_))
-        mask = pruning.prune("random", kernels, None, keep, rng)
+                           self.targets(round_))
+    elif arm == "reinit":
+      mask = self.mask("ticket", trial, round_)
+    else:  # random_prune: the ticket's per-layer counts, positions at random
+      counts = masks.counts(self.mask("ticket", trial, round_))
+      rng = np.random.default_rng(self.mask_seed(arm, trial, round_))
+      mask = pruning.prune("random", kernels, None, [((n,), c) for n, (c, _) in counts.items()],
+                           rng)
     artifacts.write_bytes(path, masks.to_bytes(mask))
     return mask
 
@@ -218,14 +285,7 @@ class _Run:
     pct = 100.0 * masks.fraction_remaining(mask)
     label = f"[{arm} trial {trial} round {round_}]"
     logging.info("%s %.2f%% of weights remaining", label, pct)
-    if arm == "reinit":
-      init_seed = derive_seed(cfg.seed, trial, arm, round_)
-      init = self.fresh_weights(init_seed)
-      ticket.set_masks(self.model, mask)
-      ticket.set_weights(self.model, init)
-    else:  # the ticket and random_prune start from θ0 under their mask
-      init_seed, init = self.theta0_seed(trial), rewinder.weights
-      rewinder.rewind(self.model, mask)
+    init, init_seed = self.start(arm, trial, round_, rewinder, mask)
     self.trainer.reset_optimizer()
     checkpoint = (training.RoundCheckpoint(f"{out_dir}/checkpoint", self.model,
                                            self.trainer.optimizer)
@@ -291,7 +351,7 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
   run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile, callbacks,
               export, logdir)
   for trial in range(cfg.trials):
-    rewinder = ticket.RewindCallback(run_.theta0(trial))
+    rewinder = run_.rewinder(trial)
     for arm, _, r in [s for s in cfg.stages() if s[1] == trial]:
       metrics = run_.stage(arm, trial, r, rewinder)
       if metrics["diverged"] and on_divergence == "stop":

@@ -32,6 +32,17 @@ flags.DEFINE_integer("trials", 1, "Independent repetitions, each with its own θ
 flags.DEFINE_integer("seed", 0, "Base seed; every trial, arm and round derives its own from it.")
 flags.DEFINE_string("initializer", "glorot_normal",
                     f"Kernel initializer: {', '.join(models.INITIALIZERS)}.")
+flags.DEFINE_float("init_scale", 0.05, "Standard deviation for --initializer=truncated_normal.")
+flags.DEFINE_string("pruning", "layerwise", "layerwise (the paper: each layer at its own rate) "
+                    "or global (one magnitude threshold across layers at --prune_rate).")
+flags.DEFINE_float("prune_rate", None, "Global pruning's per-round rate (default: --prune_rate_fc).")
+flags.DEFINE_bool("global_output_layer", False, "Global pruning: pool the output layer too "
+                  "(default: it keeps its own --prune_rate_output).")
+flags.DEFINE_bool("one_shot", False, "Prune round r straight from the dense network to round "
+                  "r's sparsity, instead of iteratively from round r-1.")
+flags.DEFINE_string("rewind", "init", "What survivors are reset to: init (θ0, the paper), "
+                    "iteration (θ at --rewind_iteration of the dense round), none (fine-tune).")
+flags.DEFINE_integer("rewind_iteration", 0, "Late resetting point k for --rewind=iteration.")
 flags.DEFINE_bool("test_curve", False, "Also evaluate the test set at every evaluation.")
 flags.DEFINE_string("output_dir", None, "Experiment folder (default: results/<model>_<dataset>).")
 flags.DEFINE_bool("overwrite", False, "Delete an existing experiment in --output_dir that was "
@@ -56,7 +67,9 @@ flags.DEFINE_bool("xla", True, "Compile training and evaluation with XLA (jit_co
 # except the ones that only add stages.
 RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learning_rate",
                 "eval_every", "prune_rate_conv", "prune_rate_fc", "prune_rate_output", "controls",
-                "trials", "seed", "initializer", "test_curve", "threads", "deterministic", "xla")
+                "trials", "seed", "initializer", "init_scale", "test_curve", "pruning", "prune_rate",
+                "global_output_layer", "one_shot", "rewind", "rewind_iteration", "threads",
+                "deterministic", "xla")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 
 
@@ -76,6 +89,8 @@ def resolved_flags():
       values[name] = paper[name]
   if values["batch_size"] is None:
     values["batch_size"] = experiment.PAPER_BATCH_SIZE
+  if values["prune_rate"] is None:
+    values["prune_rate"] = values["prune_rate_fc"]
   if values["prune_rate_output"] is None:
     values["prune_rate_output"] = values["prune_rate_fc"] / 2
   if values["threads"] == 0:

@@ -1,47 +1,77 @@
 """Pruning methods: pure functions (trained kernels, current mask, targets) -> new mask.
 
-Knows no Keras and no experiment loop. A target is the number of weights each layer keeps,
-computed once from the layer's size and its rate, so that after round r a layer pruned at
-rate p keeps exactly max(1, round(n * (1-p)^r)) weights whether it got there iteratively or in
-one shot.
+Knows no Keras and no experiment loop. A target is a group of layers and the number of
+weights the group keeps, computed once from the group's size and rate, so that after round r
+a group pruned at rate p keeps exactly max(1, round(n * (1-p)^r)) weights whether it got there
+iteratively or in one shot. Layerwise pruning (the paper's) makes each layer its own group;
+global pruning pools layers into one group with one magnitude threshold.
 """
 import numpy as np
 
 
+def keep_count(size, rate, round_):
+  """Weights a group of ``size`` keeps after ``round_`` rounds at per-round rate ``rate``."""
+  return max(1, int(round(size * (1.0 - rate) ** round_)))
+
+
 def keep_counts(sizes, rates, round_):
   """{layer: weights kept after ``round_`` rounds at per-round rate ``rates[layer]``}."""
-  return {name: max(1, int(round(n * (1.0 - rates[name]) ** round_))) for name, n in sizes.items()}
+  return {name: keep_count(n, rates[name], round_) for name, n in sizes.items()}
+
+
+def layerwise_targets(sizes, rates, round_):
+  """Each layer its own group: [((layer,), keep)]."""
+  return [((n,), k) for n, k in keep_counts(sizes, rates, round_).items()]
+
+
+def global_targets(sizes, pooled, rate, rates, round_):
+  """Layers in ``pooled`` share one group at ``rate``; the others keep their own ``rates``."""
+  groups = [(tuple(pooled), keep_count(sum(sizes[n] for n in pooled), rate, round_))]
+  return groups + [((n,), keep_count(sizes[n], rates[n], round_))
+                   for n in sizes if n not in pooled]
 
 
 def _keep_largest(scores, allowed, k):
-  """0/1 mask keeping the k largest ``scores`` among ``allowed`` entries (ties: lower index)."""
-  flat_scores = np.where(allowed.ravel() > 0, scores.ravel(), -np.inf)
-  if k > int((allowed > 0).sum()):
-    raise ValueError(f"cannot keep {k} weights: only {int((allowed > 0).sum())} survive")
-  keep = np.argsort(-flat_scores, kind="stable")[:k]
+  """0/1 vector keeping the k largest ``scores`` among ``allowed`` entries (ties: lower index)."""
+  available = int((allowed > 0).sum())
+  if k > available:
+    raise ValueError(f"cannot keep {k} weights: only {available} survive")
+  keep = np.argsort(-np.where(allowed > 0, scores, -np.inf), kind="stable")[:k]
   out = np.zeros(allowed.size, np.float32)
   out[keep] = 1.0
-  return out.reshape(allowed.shape)
+  return out
 
 
-def magnitude_layerwise(kernels, mask, keep, rng=None):
-  """The paper's rule: in each layer keep the ``keep[layer]`` largest-|w| survivors."""
+def _by_group(scores, mask, targets):
+  """Applies _keep_largest per group over the concatenated layers; returns {layer: mask}."""
+  out = {}
+  for names, k in targets:
+    flat = _keep_largest(np.concatenate([scores[n].ravel() for n in names]),
+                         np.concatenate([mask[n].ravel() for n in names]), k)
+    offsets = np.cumsum([0] + [mask[n].size for n in names])
+    for n, a, b in zip(names, offsets[:-1], offsets[1:]):
+      out[n] = flat[a:b].reshape(mask[n].shape)
+  return out
+
+
+def magnitude(kernels, mask, targets, rng=None):
+  """The paper's rule: each group keeps its largest-|w| survivors."""
   del rng
-  return {name: _keep_largest(np.abs(kernels[name]), mask[name], keep[name]) for name in mask}
+  return _by_group({n: np.abs(k) for n, k in kernels.items()}, mask, targets)
 
 
-def random_layerwise(kernels, mask, keep, rng):
-  """Control: ``keep[layer]`` positions drawn uniformly from the whole layer, ignoring |w|."""
+def random(kernels, mask, targets, rng):
+  """Control: each group keeps positions drawn uniformly from the whole group, ignoring |w|."""
   del mask
-  return {name: _keep_largest(rng.random(k.shape), np.ones(k.shape), keep[name])
-          for name, k in kernels.items()}
+  ones = {n: np.ones(k.shape, np.float32) for n, k in kernels.items()}
+  return _by_group({n: rng.random(k.shape) for n, k in kernels.items()}, ones, targets)
 
 
-METHODS = {"layerwise": magnitude_layerwise, "random": random_layerwise}
+METHODS = {"magnitude": magnitude, "random": random}
 
 
-def prune(method, kernels, mask, keep, rng=None):
-  """Applies pruning method ``method`` by name."""
+def prune(method, kernels, mask, targets, rng=None):
+  """Applies pruning method ``method`` by name to reach ``targets``."""
   if method not in METHODS:
     raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
-  return METHODS[method](kernels, mask, keep, rng)
+  return METHODS[method](kernels, mask, targets, rng)

@@ -87,18 +87,31 @@ def apply_masks(model):
 class RewindCallback(keras.callbacks.Callback):
   """Saves the weights a ticket is reset to, and resets a model to them under a mask.
 
-  With ``rewind_iteration=0`` (the paper) it keeps θ0: the weights at the start of training
-  of the dense round, unless given them already (e.g. loaded from disk on resume). It is the
+  With ``rewind_iteration=0`` (the paper) it keeps θ0: the weights at the start of training,
+  unless given them already (e.g. loaded from disk on resume). With ``rewind_iteration=k``
+  (late resetting, Frankle et al. 2019) it keeps θ_k, captured at iteration k of the first
+  training it sees; ``on_capture(weights)`` lets the caller persist them at once. It is the
   one place that knows the rewind point.
   """
 
-  def __init__(self, weights=None):
+  def __init__(self, weights=None, rewind_iteration=0, on_capture=None):
     super().__init__()
-    self.weights = weights
+    self.weights, self.rewind_iteration, self.on_capture = weights, rewind_iteration, on_capture
+
+  def _capture(self):
+    self.weights = get_weights(self.model)
+    if self.on_capture is not None:
+      self.on_capture(self.weights)
 
   def on_train_begin(self, logs=None):
-    if self.weights is None:
-      self.weights = get_weights(self.model)
+    if self.weights is None and self.rewind_iteration == 0:
+      self._capture()
+
+  def on_epoch_end(self, epoch, logs=None):
+    if (self.weights is None and self.rewind_iteration
+        and (logs or {}).get("iteration") == self.rewind_iteration):
+      apply_masks(self.model)
+      self._capture()
 
   def rewind(self, model, mask):
     """Sets ``model`` to the saved weights ⊙ ``mask``; the mask is written first."""

@@ -45,6 +45,10 @@ def test_cli_runs_writes_layout_and_refuses_other_flags(cli_experiment):
     (["--model=lenet300_100", "--batch_size=0"], "--batch_size"),
     (["--model=lenet300_100", "--controls=reinit,bogus"], "--controls"),
     (["--model=lenet300_100", "--checkpoint_every=150"], "--checkpoint_every"),
+    (["--model=lenet300_100", "--pruning=magic"], "--pruning"),
+    (["--model=lenet300_100", "--rewind=later"], "--rewind"),
+    (["--model=lenet300_100", "--rewind=iteration", "--rewind_iteration=150"], "--rewind_iteration"),
+    (["--model=lenet300_100", "--initializer=zeros"], "--initializer"),
 ])
 def test_bad_flags_give_one_line_naming_the_flag(args, named, tmp_path):
   proc = run_cli([*args, f"--output_dir={tmp_path}/x"])

@@ -25,7 +25,8 @@ def keras_loss():
 def _half_mask(model, seed=0):
   kernels = ticket.get_kernels(model)
   rng = np.random.default_rng(seed)
-  return pruning.prune("random", kernels, None, {n: k.size // 2 for n, k in kernels.items()}, rng)
+  return pruning.prune("random", kernels, None, [((n,), k.size // 2) for n, k in kernels.items()],
+                       rng)
 
 
 def test_mask_fixed_through_training_and_pruned_weights_zero(splits):
