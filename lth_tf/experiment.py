@@ -24,7 +24,7 @@ from absl import logging
 from lth_tf import artifacts, data, masks, models, pruning, summaries, ticket, training
 from lth_tf import export as export_lib
 
-CONTROLS = ("reinit", "random_prune")
+CONTROLS = ("reinit", "random_prune", "sign_constant")
 PRUNING = ("layerwise", "global")
 REWIND = ("init", "iteration", "none")
 
@@ -75,6 +75,7 @@ class Config:
   one_shot: bool = False
   rewind: str = "init"
   rewind_iteration: int = 0
+  same_init: bool = False  # every trial starts from trial 0's θ0 (only the data order differs)
 
   def validate(self):
     """Raises ConfigError for the first bad setting found."""
@@ -220,10 +221,15 @@ class _Run:
     Returns (those weights before masking, their seed).
     """
     cfg = self.cfg
-    if arm != "reinit" and round_ > 0 and cfg.rewind != "none":
+    if arm in ("ticket", "random_prune") and round_ > 0 and cfg.rewind != "none":
       rewinder.rewind(self.model, mask)  # θ0, or θ_k with late resetting
       return rewinder.weights, self.theta0_seed(trial)
-    if arm == "reinit":
+    if arm == "sign_constant":  # θ's signs, each layer's std as the one magnitude
+      seed = self.theta0_seed(trial)
+      init = {n: [np.sign(ws[0]) * ws[0].std(), *ws[1:]] if n in mask else ws
+              for n, ws in (rewinder.weights if cfg.rewind == "iteration"
+                            else self.theta0(trial)).items()}
+    elif arm == "reinit":
       seed = derive_seed(cfg.seed, trial, arm, round_)
       init = self.fresh_weights(seed)
     elif round_ == 0:
@@ -237,7 +243,7 @@ class _Run:
     return init, seed
 
   def theta0_seed(self, trial):
-    return derive_seed(self.cfg.seed, trial, "init")
+    return derive_seed(self.cfg.seed, 0 if self.cfg.same_init else trial, "init")
 
   def mask_seed(self, arm, trial, round_):
     """Seed of a random mask (random_prune); None for masks that are not random."""
@@ -266,7 +272,7 @@ class _Run:
       mask = pruning.prune("magnitude", {n: trained[n][0] for n in self.sizes},
                            masks.from_bytes(artifacts.read_bytes(f"{prev}/masks.npz")),
                            self.targets(round_))
-    elif arm == "reinit":
+    elif arm in ("reinit", "sign_constant"):
       mask = self.mask("ticket", trial, round_)
     else:  # random_prune: the ticket's per-layer counts, positions at random
       counts = masks.counts(self.mask("ticket", trial, round_))

@@ -29,6 +29,8 @@ flags.DEFINE_float("prune_rate_output", None, "Output layer rate (default: half 
 flags.DEFINE_list("controls", ["reinit"], "Control arms, comma list of: "
                   f"{', '.join(experiment.CONTROLS)}; empty for tickets only.")
 flags.DEFINE_integer("trials", 1, "Independent repetitions, each with its own θ0.")
+flags.DEFINE_bool("same_init", False, "Every trial starts from the same θ0 (trial 0's); only "
+                  "the data order differs between trials.")
 flags.DEFINE_integer("seed", 0, "Base seed; every trial, arm and round derives its own from it.")
 flags.DEFINE_string("initializer", "glorot_normal",
                     f"Kernel initializer: {', '.join(models.INITIALIZERS)}.")
@@ -68,7 +70,7 @@ flags.DEFINE_bool("xla", True, "Compile training and evaluation with XLA (jit_co
 RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learning_rate",
                 "eval_every", "prune_rate_conv", "prune_rate_fc", "prune_rate_output", "controls",
                 "trials", "seed", "initializer", "init_scale", "test_curve", "pruning", "prune_rate",
-                "global_output_layer", "one_shot", "rewind", "rewind_iteration", "threads",
+                "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init", "threads",
                 "deterministic", "xla")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 

@@ -20,8 +20,8 @@ import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is impo
 from lth_tf import artifacts, experiment
 
 ARM_LABELS = {"ticket": "winning ticket", "reinit": "random reinit",
-              "random_prune": "random pruning"}
-ARM_COLORS = {"ticket": "C0", "reinit": "C1", "random_prune": "C2"}
+              "random_prune": "random pruning", "sign_constant": "signs, constant magnitude"}
+ARM_COLORS = {"ticket": "C0", "reinit": "C1", "random_prune": "C2", "sign_constant": "C3"}
 CURVE_TARGETS = (100.0, 51.3, 21.1, 7.0)  # % remaining shown in the paper's Figure 3
 METRICS = {  # figure name: (results.csv column, scale, y label)
     "early_stop_iteration": ("early_stop_iteration", 1.0, "Early-stop iteration"),
@@ -188,7 +188,7 @@ def plot_curves(fig, output_dir, rows, keys):
         if not curves:
           continue
         its, mean = mean_curve(curves, key)
-        label = f"{percent_by_round[round_]:.1f}% {ARM_LABELS[arm]}"
+        label = f"{percent_by_round[round_]:.1f}% {ARM_LABELS.get(arm, arm)}"
         ax.plot(its, 100 * mean, style, color=f"C{i}", label=with_diverged(label, n_diverged))
     ax.set_title(f"{name} accuracy")
     ax.set_xlabel("Training iterations")

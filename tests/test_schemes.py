@@ -131,3 +131,28 @@ def test_reinit_control_draws_from_the_chosen_initializer(tmp_path, splits):
   assert np.abs(kept).max() <= np.sqrt(6 / 784)  # he_uniform's range
   assert abs(kept.std() / np.sqrt(2 / 784) - 1) < 0.03
   assert abs(theta0["fc1"][0].std() / np.sqrt(2 / 784) - 1) < 0.03  # θ0 too
+
+
+def test_sign_constant_control_keeps_signs_with_one_magnitude(tmp_path, splits):
+  cfg, out, _, starts = _run(tmp_path, splits, controls=("sign_constant",), rounds=1)
+  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  weights, mask = starts[("sign_constant", 0, 1)]
+  np.testing.assert_array_equal(mask["fc1"], starts[("ticket", 0, 1)][1]["fc1"])
+  for n in mask:
+    kept = mask[n] > 0
+    np.testing.assert_array_equal(np.sign(weights[n][0][kept]), np.sign(theta0[n][0][kept]))
+    np.testing.assert_allclose(np.abs(weights[n][0][kept]), theta0[n][0].std(), rtol=1e-6)
+    assert np.all(weights[n][0][~kept] == 0)
+
+
+def test_same_init_shares_theta0_but_not_data_order(tmp_path, splits):
+  cfg = _cfg(rounds=0, controls=(), trials=2, same_init=True)
+  out = str(tmp_path)
+  experiment.run(cfg, out, splits)
+  a = artifacts.read_weights(experiment.theta0_path(out, 0))
+  b = artifacts.read_weights(experiment.theta0_path(out, 1))
+  np.testing.assert_array_equal(a["fc1"][0], b["fc1"][0])
+  ma = artifacts.read_json(f"{experiment.stage_dir(out, 'ticket', 0, 0)}/metrics.json")
+  mb = artifacts.read_json(f"{experiment.stage_dir(out, 'ticket', 1, 0)}/metrics.json")
+  assert ma["seeds"]["init"] == mb["seeds"]["init"] and ma["seeds"]["data"] != mb["seeds"]["data"]
+  assert ma["curve"] != mb["curve"]
