@@ -15,7 +15,7 @@ import tensorflow as tf
 
 RESULT_COLUMNS = ("arm", "trial", "round", "weights_remaining", "early_stop_iteration",
                   "early_stop_val_loss", "early_stop_val_accuracy", "early_stop_test_accuracy",
-                  "final_test_accuracy", "diverged")
+                  "final_test_accuracy", "diverged", "search_iterations")
 
 
 def write_bytes(path, data):

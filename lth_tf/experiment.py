@@ -19,13 +19,17 @@ import dataclasses
 import zlib
 
 import numpy as np
+import tf_keras as keras
 from absl import logging
 
 from lth_tf import artifacts, data, masks, models, pruning, summaries, ticket, training
 from lth_tf import export as export_lib
 
 CONTROLS = ("reinit", "random_prune", "sign_constant")
-PRUNING = ("layerwise", "global")
+# How ticket masks are found: iterative magnitude pruning (IMP) per layer or with one global
+# threshold, or a cheaper method (pruning at initialization; early-bird during the dense run).
+PRUNING = ("layerwise", "global", "snip", "grasp", "synflow", "early_bird")
+AT_INIT = ("snip", "grasp", "synflow")
 REWIND = ("init", "iteration", "none")
 
 # Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
@@ -76,6 +80,10 @@ class Config:
   rewind: str = "init"
   rewind_iteration: int = 0
   same_init: bool = False  # every trial starts from trial 0's θ0 (only the data order differs)
+  score_batches: int = 1  # snip/grasp: batches of --batch_size scored at θ0
+  synflow_iterations: int = 100
+  eb_epsilon: float = 0.1  # early_bird: max normalised Hamming distance within the window
+  eb_window: int = 5
 
   def validate(self):
     """Raises ConfigError for the first bad setting found."""
@@ -118,6 +126,11 @@ class Config:
         and self.rewind_iteration % self.eval_every == 0):
       raise ConfigError(f"--rewind_iteration={self.rewind_iteration} must be a positive multiple "
                         f"of --eval_every={self.eval_every} up to --iterations={self.iterations}")
+    if self.pruning in AT_INIT + ("early_bird",) and (self.one_shot or self.rewind != "init"):
+      raise ConfigError(f"--pruning={self.pruning} finds masks at or near θ0 and trains them "
+                        f"from θ0; drop --one_shot and --rewind")
+    if self.score_batches < 1 or self.eb_window < 2 or not 0 < self.eb_epsilon < 1:
+      raise ConfigError("--score_batches must be >= 1, --eb_window >= 2, --eb_epsilon in (0, 1)")
     if self.one_shot and self.rewind == "none":
       raise ConfigError("--one_shot with --rewind=none has no previous round to fine-tune; "
                         "use --rewind=init or iteration")
@@ -150,6 +163,10 @@ def theta0_path(output_dir, trial):
   return f"{output_dir}/ticket/trial_{trial}/theta0.npz"
 
 
+def early_bird_path(output_dir, trial):
+  return f"{output_dir}/ticket/trial_{trial}/early_bird.json"
+
+
 def rewind_path(output_dir, trial, iteration):
   return f"{output_dir}/ticket/trial_{trial}/theta_{iteration}.npz"
 
@@ -170,6 +187,8 @@ def collect_rows(cfg, output_dir):
         path = f"{stage_dir(output_dir, arm, t, r)}/metrics.json"
         if arm in cfg.arms(r) and artifacts.exists(path):
           m = artifacts.read_json(path)
+          m.setdefault("search_iterations",  # metrics.json written before the column existed
+                       cfg.iterations * (0 if r == 0 else 1 if cfg.one_shot else r))
           rows.append({c: m[c] for c in artifacts.RESULT_COLUMNS})
   return rows
 
@@ -200,8 +219,12 @@ class _Run:
                                            seed=seed, init_scale=self.cfg.init_scale))
 
   def targets(self, round_):
-    """How many weights each group of layers keeps after ``round_`` rounds."""
-    if self.cfg.pruning == "layerwise":
+    """How many weights each group of layers keeps after ``round_`` rounds.
+
+    IMP and early-bird use the paper's per-layer rates (or one global group for
+    --pruning=global); SNIP, GraSP and SynFlow rank scores globally, as in their papers.
+    """
+    if self.cfg.pruning in ("layerwise", "early_bird"):
       return pruning.layerwise_targets(self.sizes, self.rates, round_)
     pooled = [n for n in self.sizes if self.cfg.global_output_layer or n != self.output_layer]
     return pruning.global_targets(self.sizes, pooled, self.cfg.prune_rate, self.rates, round_)
@@ -266,6 +289,10 @@ class _Run:
     kernels = ticket.get_kernels(self.model)
     if round_ == 0:
       mask = masks.ones_like(kernels)
+    elif arm == "ticket" and self.cfg.pruning in AT_INIT:
+      mask = self.mask_at_init(trial, round_)
+    elif arm == "ticket" and self.cfg.pruning == "early_bird":
+      raise RuntimeError(f"no early-bird mask for round {round_}: the dense round records them")
     elif arm == "ticket":  # prune the trained previous round (one-shot: the dense round)
       prev = stage_dir(self.out, "ticket", trial, 0 if self.cfg.one_shot else round_ - 1)
       trained = artifacts.read_weights(f"{prev}/weights.npz")
@@ -281,6 +308,73 @@ class _Run:
                            rng)
     artifacts.write_bytes(path, masks.to_bytes(mask))
     return mask
+
+  def mask_at_init(self, trial, round_):
+    """SNIP / GraSP / SynFlow mask at θ0 for round ``round_``'s targets."""
+    from lth_tf import saliency
+    cfg = self.cfg
+    ticket.set_masks(self.model, masks.ones_like(ticket.get_kernels(self.model)))
+    ticket.set_weights(self.model, self.theta0(trial))
+    if cfg.pruning == "synflow":
+      return saliency.synflow_masks(self.model, self.targets(round_), cfg.synflow_iterations)
+    rows = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.score_batches,
+                              derive_seed(cfg.seed, trial, "score")).ravel()
+    x, y = self.splits.train_x[rows], self.splits.train_y[rows]
+    score = saliency.snip_scores if cfg.pruning == "snip" else saliency.grasp_scores
+    scores = score(self.model, x, y, batches=cfg.score_batches, batch_size=cfg.batch_size)
+    return pruning.keep_top(scores, masks.ones_like(scores), self.targets(round_))
+
+  def search_iterations(self, trial, round_):
+    """Training iterations spent finding the round's mask (data batches for SNIP/GraSP)."""
+    cfg = self.cfg
+    if round_ == 0 or cfg.pruning == "synflow":
+      return 0
+    if cfg.pruning in ("snip", "grasp"):
+      return cfg.score_batches
+    if cfg.pruning == "early_bird":
+      return artifacts.read_json(early_bird_path(self.out, trial))[str(round_)]
+    return cfg.iterations * (1 if cfg.one_shot else round_)
+
+  def early_bird_callback(self, trial):
+    """During the dense round: one EarlyBird detector per later round's target sparsity.
+
+    Each round's mask is written (with the iteration it settled at) the moment it settles;
+    rounds still unsettled at the end take the final magnitude mask, at --iterations.
+    """
+    from lth_tf import saliency
+    cfg, run = self.cfg, self
+    found_path = early_bird_path(self.out, trial)
+
+    class EarlyBirdRecorder(keras.callbacks.Callback):
+      def on_train_begin(self, logs=None):
+        self.detectors = {r: saliency.EarlyBird(cfg.eb_epsilon, cfg.eb_window)
+                          for r in range(1, cfg.rounds + 1)}
+        self.found = {}
+
+      def _record(self, r, mask, iteration):
+        artifacts.write_bytes(f"{stage_dir(run.out, 'ticket', trial, r)}/masks.npz",
+                              masks.to_bytes(mask))
+        self.found[str(r)] = iteration
+        artifacts.write_json(found_path, self.found)
+
+      def _masks(self):
+        kernels = ticket.get_kernels(self.model)
+        ones = masks.ones_like(kernels)
+        return {r: pruning.prune("magnitude", kernels, ones, run.targets(r))
+                for r in self.detectors if str(r) not in self.found}
+
+      def on_epoch_end(self, epoch, logs=None):
+        ticket.apply_masks(self.model)
+        for r, mask in self._masks().items():
+          if self.detectors[r].update(mask):
+            self._record(r, mask, logs["iteration"])
+
+      def on_train_end(self, logs=None):
+        ticket.apply_masks(self.model)
+        for r, mask in self._masks().items():
+          self._record(r, mask, cfg.iterations)
+
+    return EarlyBirdRecorder()
 
   def stage(self, arm, trial, round_, rewinder):
     """Trains one (arm, trial, round) unless its metrics.json exists."""
@@ -300,6 +394,10 @@ class _Run:
     table = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.iterations,
                                data_seed)
     callbacks = [rewinder, *self.callbacks]
+    early_bird = cfg.pruning == "early_bird" and round_ == 0
+    if early_bird:  # its detectors are not checkpointed: the dense round reruns whole
+      callbacks.append(self.early_bird_callback(trial))
+      checkpoint = None
     if self.logdir:
       callbacks.append(summaries.StageSummaries(
           summaries.stage_run(self.logdir, arm, trial, round_), cfg.iterations))
@@ -317,7 +415,8 @@ class _Run:
                early_stop_val_loss=result.early_stop_val_loss,
                early_stop_val_accuracy=result.early_stop_val_accuracy,
                early_stop_test_accuracy=result.early_stop_test_accuracy,
-               final_test_accuracy=result.final_test_accuracy, diverged=result.diverged)
+               final_test_accuracy=result.final_test_accuracy, diverged=result.diverged,
+               search_iterations=self.search_iterations(trial, round_))
     metrics = dict(row, layer_weights_remaining=masks.layer_fractions(mask),
                    layer_counts=masks.counts(mask), seconds=result.seconds,
                    seeds=dict(data=data_seed, init=init_seed,

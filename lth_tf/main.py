@@ -35,8 +35,13 @@ flags.DEFINE_integer("seed", 0, "Base seed; every trial, arm and round derives i
 flags.DEFINE_string("initializer", "glorot_normal",
                     f"Kernel initializer: {', '.join(models.INITIALIZERS)}.")
 flags.DEFINE_float("init_scale", 0.05, "Standard deviation for --initializer=truncated_normal.")
-flags.DEFINE_string("pruning", "layerwise", "layerwise (the paper: each layer at its own rate) "
-                    "or global (one magnitude threshold across layers at --prune_rate).")
+flags.DEFINE_string("pruning", "layerwise", "How masks are found: layerwise (IMP, the paper: "
+                    "each layer at its own rate; 'imp' is the same), global (IMP with one "
+                    "threshold at --prune_rate), snip, grasp, synflow (at θ0), early_bird.")
+flags.DEFINE_integer("score_batches", 1, "snip/grasp: batches scored at θ0.")
+flags.DEFINE_integer("synflow_iterations", 100, "synflow: pruning iterations per mask.")
+flags.DEFINE_float("eb_epsilon", 0.1, "early_bird: mask distance below which it has settled.")
+flags.DEFINE_integer("eb_window", 5, "early_bird: consecutive evaluations that must agree.")
 flags.DEFINE_float("prune_rate", None, "Global pruning's per-round rate (default: --prune_rate_fc).")
 flags.DEFINE_bool("global_output_layer", False, "Global pruning: pool the output layer too "
                   "(default: it keeps its own --prune_rate_output).")
@@ -70,7 +75,8 @@ flags.DEFINE_bool("xla", True, "Compile training and evaluation with XLA (jit_co
 RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learning_rate",
                 "eval_every", "prune_rate_conv", "prune_rate_fc", "prune_rate_output", "controls",
                 "trials", "seed", "initializer", "init_scale", "test_curve", "pruning", "prune_rate",
-                "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init", "threads",
+                "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init",
+                "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
                 "deterministic", "xla")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 
@@ -91,6 +97,8 @@ def resolved_flags():
       values[name] = paper[name]
   if values["batch_size"] is None:
     values["batch_size"] = experiment.PAPER_BATCH_SIZE
+  if values["pruning"] == "imp":
+    values["pruning"] = "layerwise"
   if values["prune_rate"] is None:
     values["prune_rate"] = values["prune_rate_fc"]
   if values["prune_rate_output"] is None:

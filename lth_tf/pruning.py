@@ -67,6 +67,11 @@ def random(kernels, mask, targets, rng):
   return _by_group({n: rng.random(k.shape) for n, k in kernels.items()}, ones, targets)
 
 
+def keep_top(scores, mask, targets):
+  """Each group keeps its highest ``scores`` among ``mask``'s survivors (for saliency methods)."""
+  return _by_group(scores, mask, targets)
+
+
 METHODS = {"magnitude": magnitude, "random": random}
 
 
