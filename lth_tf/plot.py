@@ -262,13 +262,71 @@ def plot_experiment(output_dir):
   return written
 
 
+def compare_label(output_dir):
+  """A line's name in a comparison: the experiment's method, and its folder."""
+  run_flags = read_flags(output_dir)
+  method = run_flags.get("pruning", "layerwise")
+  method = {"layerwise": "IMP", "global": "IMP (global)"}.get(method, method)
+  if run_flags.get("one_shot") == "True":
+    method += " one-shot"
+  return f"{method} ({output_dir.rstrip('/').rsplit('/', 1)[-1]})"
+
+
+def plot_comparison(output_dirs, dest):
+  """Overlays several experiments' tickets: test accuracy at early stop vs % weights remaining,
+  and vs the training iterations spent finding the mask (search cost); random pruning too."""
+  fig = new_figure("Ticket-finding methods compared", width=12.0)
+  by_sparsity, by_cost = fig.subplots(1, 2)
+  percents = set()
+  for i, output_dir in enumerate(output_dirs):
+    path = f"{output_dir}/results.csv"
+    if not artifacts.exists(path):
+      raise PlotError(f"{path} does not exist; run lth_tf.main into this folder first")
+    rows = artifacts.read_results(path)
+    label = compare_label(output_dir)
+    for arm, style in (("ticket", "-"), ("random_prune", ":")):
+      points = summarize(rows, "early_stop_test_accuracy").get(arm)
+      if not points or (arm == "random_prune" and i > 0):  # one random-pruning line suffices
+        continue
+      x, mean, lo, hi = (np.array(c) for c in zip(*points))
+      by_sparsity.errorbar(x, 100 * mean, yerr=[100 * (mean - lo), 100 * (hi - mean)],
+                           linestyle=style, marker="o", markersize=3, capsize=2, color=f"C{i}",
+                           label=label if arm == "ticket" else f"random pruning ({label})")
+      percents.update(x)
+    tickets = [r for r in rows if r["arm"] == "ticket" and r["round"] > 0 and not r["diverged"]
+               and "search_iterations" in r]  # results.csv from before the column: no cost
+    by_cost.scatter([max(r["search_iterations"], 1) for r in tickets],
+                    [100 * r["early_stop_test_accuracy"] for r in tickets], s=12, color=f"C{i}",
+                    label=label)
+  weights_remaining_axis(by_sparsity, percents)
+  by_sparsity.set_ylabel("Test accuracy at early stop (%)")
+  by_cost.set_xscale("log")
+  by_cost.set_xlabel("Iterations spent finding the mask (log; 0 shown at 1)")
+  by_cost.set_ylabel("Test accuracy at early stop (%)")
+  for ax in (by_sparsity, by_cost):
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+  return save(fig, dest, "compare")
+
+
 def define_flags():
   """Defined only when run as a command: lth_tf.main owns --output_dir in an importing process."""
   flags.DEFINE_string("output_dir", None, "Experiment folder written by lth_tf.main; figures "
                       "go to its plots/ subfolder.")
+  flags.DEFINE_bool("compare", False, "Overlay the experiments named as arguments (python -m "
+                    "lth_tf.plot --compare DIR1 DIR2 ...); the figure goes to DIR1/plots/.")
 
 
 def main(argv):
+  if flags.FLAGS.compare:
+    if len(argv) < 2:
+      fail("--compare needs experiment folders as arguments: --compare DIR1 DIR2 ...")
+    try:
+      for path in plot_comparison(argv[1:], flags.FLAGS.output_dir or argv[1]):
+        print(path)
+    except PlotError as e:
+      fail(f"--compare: {e}")
+    return
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   output_dir = flags.FLAGS.output_dir

@@ -28,7 +28,8 @@ def fake_row(arm, trial, round_):
               early_stop_val_loss=math.nan if diverged else 0.3,
               early_stop_val_accuracy=0.1 if diverged else 0.9 + 0.01 * round_,
               early_stop_test_accuracy=0.1 if diverged else 0.89 + 0.01 * round_ - 0.01 * trial,
-              final_test_accuracy=0.1 if diverged else 0.88, diverged=diverged)
+              final_test_accuracy=0.1 if diverged else 0.88, diverged=diverged,
+              search_iterations=1000 * round_)
 
 
 def fake_experiment(output_dir):
@@ -127,3 +128,16 @@ def test_cli_without_results_fails_with_one_line_naming_the_flag(tmp_path):
   ours = [line for line in result.stderr.splitlines() if line.startswith("lth_tf.plot:")]
   assert ours == [result.stderr.strip().splitlines()[-1]]
   assert f"--output_dir={tmp_path}" in ours[0] and "results.csv" in ours[0]
+
+
+def test_compare_overlays_experiments_by_sparsity_and_search_cost(tmp_path):
+  a, b = tmp_path / "imp", tmp_path / "snip"
+  fake_experiment(str(a))
+  fake_experiment(str(b))
+  (b / "flags.cfg").write_text("--model=lenet300_100\n--dataset=mnist\n--pruning=snip\n")
+  assert plot.compare_label(str(b)) == "snip (snip)" and plot.compare_label(str(a)) == "IMP (imp)"
+  written = plot.plot_comparison([str(a), str(b)], str(a))
+  assert written == [f"{a}/plots/compare.png", f"{a}/plots/compare.pdf"]
+  assert open(written[0], "rb").read(8) == PNG_MAGIC
+  proc = run_plot_cli("--compare", str(a), str(tmp_path / "missing"))
+  assert proc.returncode == 2 and "results.csv does not exist" in proc.stderr
