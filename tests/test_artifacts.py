@@ -43,7 +43,7 @@ def test_results_roundtrip_keeps_exact_floats(tmp_path):
   row = dict(arm="ticket", trial=0, round=1, weights_remaining=80.03756574004508,
              early_stop_iteration=900, early_stop_val_loss=0.1 + 0.2,
              early_stop_val_accuracy=float("nan"), early_stop_test_accuracy=0.5,
-             final_test_accuracy=0.25, diverged=False)
+             final_test_accuracy=0.25, diverged=False, search_iterations=0)
   artifacts.write_results(str(tmp_path / "r.csv"), [row])
   back = artifacts.read_results(str(tmp_path / "r.csv"))[0]
   assert back["early_stop_val_loss"] == 0.1 + 0.2 and back["weights_remaining"] == 80.03756574004508

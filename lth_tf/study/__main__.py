@@ -1,0 +1,86 @@
+"""Command line of the studies: ``python -m lth_tf.study NAME --output_dir=DIR[,DIR...]``.
+
+  python -m lth_tf.study consistency --output_dir=results/same,results/different [--round=R]
+  python -m lth_tf.study properties --output_dir=results/lenet_mnist
+
+NAME is one of lth_tf.study.STUDIES. Errors are one line on stderr, exit code 2.
+"""
+import sys
+
+from absl import app, flags
+
+from lth_tf.study import STUDIES, folder_problem
+
+FLAGS = flags.FLAGS
+USAGE = "python -m lth_tf.study {" + "|".join(STUDIES) + "} --output_dir=<experiment folder>"
+
+
+def define_flags():
+  """Defined only when run as a command, so importing the studies defines no flags."""
+  flags.DEFINE_list("output_dir", None, "Experiment folder(s) written by lth_tf.main, "
+                    "comma-separated; consistency's figures go to the first one's plots/.")
+  flags.DEFINE_integer("round", None, "consistency: the round of the input-connectivity maps "
+                       "(default: the last round with both the ticket and random_prune "
+                       "finished in trial 0).")
+  flags.DEFINE_string("data_dir", None, "properties: TFDS data dir (default: the experiment's, "
+                      "from its flags.cfg).")
+  flags.DEFINE_string("manual_dir", None, "properties: folder of the dataset's original "
+                      "archives (default: the experiment's, from its flags.cfg).")
+  flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: all cores).")
+
+
+def fail(message):
+  """A user error: one line on stderr, exit code 2 (as lth_tf.main and lth_tf.plot)."""
+  print(f"lth_tf.study: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  args = argv[1:]
+  if not args:
+    fail(f"the study NAME is missing; pass one of {', '.join(STUDIES)} first: {USAGE}")
+  if len(args) > 1:
+    fail(f"unexpected arguments {' '.join(args[1:])!r}; pass one study NAME: {USAGE}")
+  name = args[0]
+  if name not in STUDIES:
+    fail(f"NAME={name!r} is not a study; pass one of {', '.join(STUDIES)}: {USAGE}")
+  dirs = [d for d in (FLAGS.output_dir or []) if d]
+  if not dirs:
+    fail(f"--output_dir is required; pass the folder of an experiment run by lth_tf.main: {USAGE}")
+  if name == "properties" and FLAGS.round is not None:
+    fail("--round applies to the consistency study only; drop it")
+  if FLAGS.round is not None and FLAGS.round < 0:
+    fail(f"--round={FLAGS.round} is negative; pass a finished round (0 or more)")
+  for d in dirs:  # local folders are checked before paying for TensorFlow's import
+    problem = None if "://" in d else folder_problem(d)
+    if problem:
+      fail(problem)
+
+  import tensorflow as tf  # heavy: only once the command line is known to be good
+
+  from lth_tf import data
+  from lth_tf.study import common, consistency, properties
+  if FLAGS.threads:
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+  try:
+    if name == "consistency":
+      written = consistency.run(dirs, round_=FLAGS.round)
+    else:
+      written = []
+      for d in dirs:
+        written += properties.run(d, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
+  except common.StudyError as e:
+    fail(str(e))
+  except data.DatasetUnavailableError as e:
+    fail(str(e))
+  for path in written:
+    print(path)
+
+
+def run():
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,185 @@
+"""What every study needs: an experiment folder's Config, finished stages, masks, weights, CSV.
+
+Reads only what ``lth_tf.main`` writes (flags.cfg, results.csv, the stages' files).
+"""
+import csv
+import dataclasses
+import io
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from lth_tf import artifacts, experiment, masks, study
+
+
+class StudyError(Exception):
+  """A folder that cannot be studied; the message is one line naming the folder and the fix."""
+
+
+def parse_bool(text):
+  return str(text).strip().lower() in ("1", "true", "t", "yes", "y")
+
+
+def config_from_flags(values):
+  """flags.cfg values ({name: string}) -> experiment.Config; missing flags take defaults."""
+  fields = {}
+  for f in dataclasses.fields(experiment.Config):
+    if f.name not in values:
+      if f.default is dataclasses.MISSING:
+        raise KeyError(f.name)
+      continue
+    text = values[f.name]
+    if f.type is bool:
+      fields[f.name] = parse_bool(text)
+    elif f.type is tuple:
+      fields[f.name] = tuple(c for c in text.split(",") if c)
+    else:
+      fields[f.name] = f.type(text)
+  return experiment.Config(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """An experiment folder as lth_tf.main left it."""
+  output_dir: str
+  flags: dict  # flags.cfg as {name: value string}
+  cfg: experiment.Config
+  rows: list  # results.csv rows: the finished stages
+
+  @property
+  def same_init(self):
+    """Whether every trial started from one θ0 (--same_init=True in flags.cfg)."""
+    return self.cfg.same_init
+
+  def row(self, arm, trial, round_):
+    """The results.csv row of a finished stage, or None."""
+    for r in self.rows:
+      if (r["arm"], r["trial"], r["round"]) == (arm, trial, round_):
+        return r
+    return None
+
+  def finished(self, arm=None, trial=None, round_=None):
+    """Rows of finished stages, filtered by whatever is given, in results.csv order."""
+    return [r for r in self.rows if (arm is None or r["arm"] == arm)
+            and (trial is None or r["trial"] == trial)
+            and (round_ is None or r["round"] == round_)]
+
+  def stage_dir(self, arm, trial, round_):
+    return experiment.stage_dir(self.output_dir, arm, trial, round_)
+
+  def mask(self, arm, trial, round_):
+    return masks.from_bytes(artifacts.read_bytes(f"{self.stage_dir(arm, trial, round_)}/masks.npz"))
+
+  def weights(self, arm, trial, round_):
+    """The stage's trained weights (weights.npz), {layer: [kernel, bias]}."""
+    return artifacts.read_weights(f"{self.stage_dir(arm, trial, round_)}/weights.npz")
+
+  def metrics(self, arm, trial, round_):
+    return artifacts.read_json(f"{self.stage_dir(arm, trial, round_)}/metrics.json")
+
+  def theta0(self, trial):
+    return artifacts.read_weights(experiment.theta0_path(self.output_dir, trial))
+
+  def resolve(self, path):
+    """A path from flags.cfg, which is relative to the folder lth_tf.main ran in.
+
+    That folder is inferred from the recorded --output_dir when it is relative and ends the
+    real one (``results/x`` recorded, ``/work/main/results/x`` studied: ``/work/main``);
+    otherwise the path is taken as it is (relative to the current folder).
+    """
+    if not path or os.path.isabs(path) or "://" in path:
+      return path
+    recorded = self.flags.get("output_dir", "")
+    here = os.path.abspath(self.output_dir)
+    if recorded and not os.path.isabs(recorded):
+      tail = os.path.normpath(recorded)
+      if here == tail or here.endswith(os.sep + tail):
+        base = here[:len(here) - len(tail)]
+        candidate = os.path.normpath(os.path.join(base, path))
+        if os.path.exists(candidate):
+          return candidate
+    return path
+
+
+def load(output_dir):
+  """The Experiment in ``output_dir``; StudyError unless lth_tf.main has run there."""
+  problem = study.folder_problem(output_dir, tf.io.gfile.isdir, tf.io.gfile.exists)
+  if problem:
+    raise StudyError(problem)
+  flags_path, results_path = f"{output_dir}/flags.cfg", f"{output_dir}/results.csv"
+  values = artifacts.parse_flagfile(artifacts.read_bytes(flags_path).decode())
+  try:
+    cfg = config_from_flags(values)
+  except KeyError as e:
+    raise StudyError(f"--output_dir={output_dir}: flags.cfg lacks --{e.args[0]}; it was not "
+                     f"written by lth_tf.main") from None
+  except ValueError as e:
+    raise StudyError(f"--output_dir={output_dir}: flags.cfg has a bad value ({e}); it was not "
+                     f"written by lth_tf.main") from None
+  rows = artifacts.read_results(results_path)
+  if not any(r["arm"] == "ticket" for r in rows):
+    raise StudyError(f"--output_dir={output_dir}: results.csv has no finished ticket round yet; "
+                     f"let lth_tf.main finish at least round 0")
+  return Experiment(output_dir, values, cfg, rows)
+
+
+def csv_text(columns, rows):
+  """rows (dicts) as CSV text with ``columns`` in order; floats in full precision."""
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(columns)
+  for row in rows:
+    writer.writerow([_cell(row[c]) for c in columns])
+  return buf.getvalue()
+
+
+def _cell(value):
+  if isinstance(value, (bool, np.bool_)):
+    return str(int(value))
+  if isinstance(value, (float, np.floating)):
+    return "nan" if math.isnan(value) else repr(float(value))
+  return str(value)
+
+
+def read_csv(path):
+  """A study CSV as a list of dicts, numbers parsed (strings left as they are)."""
+  rows = list(csv.DictReader(io.StringIO(artifacts.read_bytes(path).decode())))
+  for row in rows:
+    for k, v in row.items():
+      try:
+        row[k] = int(v)
+      except ValueError:
+        try:
+          row[k] = float(v)
+        except ValueError:
+          pass
+  return rows
+
+
+def summarize(rows, key="value"):
+  """[(weights_remaining, mean, min, max)] of ``key`` over ``rows`` by round, NaNs left out.
+
+  Points are in round order; x is the mean % remaining of the round's rows.
+  """
+  by_round = {}
+  for r in rows:
+    by_round.setdefault(r["round"], []).append(r)
+  points = []
+  for round_ in sorted(by_round):
+    values = [r[key] for r in by_round[round_] if not math.isnan(r[key])]
+    if values:
+      pct = float(np.mean([r["weights_remaining"] for r in by_round[round_]]))
+      points.append((pct, float(np.mean(values)), float(min(values)), float(max(values))))
+  return points
+
+
+def errorbar(ax, points, scale=1.0, **kw):
+  """Mean with min/max error bars of summarize() points; returns the x values."""
+  if not points:
+    return []
+  x, mean, lo, hi = (np.array(c) for c in zip(*points))
+  ax.errorbar(x, mean * scale, yerr=[(mean - lo) * scale, (hi - mean) * scale], marker="o",
+              markersize=4, capsize=3, **kw)
+  return list(x)
