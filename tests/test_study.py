@@ -243,3 +243,44 @@ def test_cli_unfinished_output_dir_exits_2(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("lth_tf.study: error: --output_dir=") and "lth_tf.main" in last
+
+
+def test_mutual_information_on_known_cases():
+  from lth_tf.study import infoplane
+  rng = np.random.default_rng(0)
+  x = rng.permutation(256)[:, None].astype(float)  # 256 distinct inputs
+  y = rng.integers(0, 4, 256)
+  ids = infoplane.discretize(x, bins=256)
+  i_xt, i_ty = infoplane.mutual_information(ids, y)
+  assert abs(i_xt - 8.0) < 1e-9  # T = X: I(X;T) = H(X) = log2(256)
+  h_y = infoplane.entropy(np.bincount(y))
+  assert abs(i_ty - h_y) < 1e-9  # T determines Y: I(T;Y) = H(Y)
+  const = infoplane.mutual_information(np.zeros(256, int), y)
+  assert const == (0.0, 0.0)  # a constant T carries nothing
+  from_y = infoplane.mutual_information(y, y)  # T = Y
+  assert abs(from_y[0] - h_y) < 1e-9 and abs(from_y[1] - h_y) < 1e-9
+  # KDE bound: identical points carry no information; far-apart points reach log2(N), and
+  # classes that are far apart give I(T;Y) = H(Y)
+  same = infoplane.kde_mutual_information(np.zeros((64, 3)), y[:64])
+  assert abs(same[0]) < 1e-6 and abs(same[1]) < 1e-6
+  spread = infoplane.kde_mutual_information(100.0 * np.eye(64), y[:64])
+  assert abs(spread[0] - 6.0) < 1e-4
+  by_class = infoplane.kde_mutual_information(100.0 * y[:64, None].astype(float), y[:64])
+  assert abs(by_class[1] - infoplane.entropy(np.bincount(y[:64]))) < 1e-4
+  assert infoplane.snapshot_iterations(15000, 30)[0] == 0
+  assert len(infoplane.snapshot_iterations(15000, 30)) in range(25, 31)
+
+
+def test_infoplane_trajectories_for_dense_ticket_reinit(study_exp, splits):
+  from lth_tf.study import infoplane
+  cfg, out = study_exp[0], study_exp[1]
+  written = infoplane.run(out, 1, splits=splits, iterations=40, points=6, subset=200)
+  binning = infoplane.run(out, 1, splits=splits, iterations=40, points=3, subset=100,
+                          estimator="binning")
+  assert binning[0].endswith("study_infoplane.csv")
+  rows = common.read_csv(f"{out}/study_infoplane.csv")
+  assert {r["arm"] for r in rows} == {"dense", "ticket", "reinit"}
+  assert {r["layer"] for r in rows} == {"fc1", "fc2"}
+  for r in rows:
+    assert 0 <= float(r["i_ty"]) <= float(r["i_xt"]) + 1e-9 <= np.log2(200) + 1e-9
+  assert open(written[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

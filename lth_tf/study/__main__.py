@@ -21,7 +21,14 @@ def define_flags():
                     "comma-separated; consistency's figures go to the first one's plots/.")
   flags.DEFINE_integer("round", None, "consistency: the round of the input-connectivity maps "
                        "(default: the last round with both the ticket and random_prune "
-                       "finished in trial 0).")
+                       "finished in trial 0); infoplane: the round whose mask the ticket and "
+                       "reinit use (required).")
+  flags.DEFINE_integer("iterations", None, "infoplane: training iterations (default: the "
+                       "experiment's --iterations).")
+  flags.DEFINE_integer("points", 30, "infoplane: log-spaced measurement iterations.")
+  flags.DEFINE_integer("subset", 5000, "infoplane: training examples the estimates use.")
+  flags.DEFINE_string("estimator", "kde", "infoplane: kde (pairwise-distance bound, noise "
+                      "variance 0.1) or binning (30 equal-width bins; saturates for wide layers).")
   flags.DEFINE_string("data_dir", None, "properties: TFDS data dir (default: the experiment's, "
                       "from its flags.cfg).")
   flags.DEFINE_string("manual_dir", None, "properties: folder of the dataset's original "
@@ -48,7 +55,9 @@ def main(argv):
   if not dirs:
     fail(f"--output_dir is required; pass the folder of an experiment run by lth_tf.main: {USAGE}")
   if name == "properties" and FLAGS.round is not None:
-    fail("--round applies to the consistency study only; drop it")
+    fail("--round applies to the consistency and infoplane studies only; drop it")
+  if name == "infoplane" and (FLAGS.round is None or len(dirs) != 1):
+    fail("infoplane needs one --output_dir and --round=<a finished round >= 1>")
   if FLAGS.round is not None and FLAGS.round < 0:
     fail(f"--round={FLAGS.round} is negative; pass a finished round (0 or more)")
   for d in dirs:  # local folders are checked before paying for TensorFlow's import
@@ -59,12 +68,17 @@ def main(argv):
   import tensorflow as tf  # heavy: only once the command line is known to be good
 
   from lth_tf import data
-  from lth_tf.study import common, consistency, properties
+  from lth_tf.study import common, consistency, infoplane, properties
   if FLAGS.threads:
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
   try:
     if name == "consistency":
       written = consistency.run(dirs, round_=FLAGS.round)
+    elif name == "infoplane":
+      written = infoplane.run(dirs[0], FLAGS.round, data_dir=FLAGS.data_dir,
+                              manual_dir=FLAGS.manual_dir, iterations=FLAGS.iterations,
+                              points=FLAGS.points, subset=FLAGS.subset,
+                              estimator=FLAGS.estimator)
     else:
       written = []
       for d in dirs:
