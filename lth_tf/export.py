@@ -48,6 +48,8 @@ class TicketExporter:
       for i, var in enumerate(variables):
         value = init_weights[n][i]
         var.assign(value * mask[n] if i == 0 and n in mask else value)
+    for stale in tf.io.gfile.glob(f"{path}.tmp-*"):  # left by a run killed mid-export
+      tf.io.gfile.rmtree(stale)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     self.model.save(tmp, save_format="tf", include_optimizer=False)
     if tf.io.gfile.exists(path):
