@@ -85,13 +85,18 @@ class UserError(Exception):
   """Reported as one line, exit code 2."""
 
 
-def resolved_flags():
-  """Flag values with model-dependent defaults filled in, as {name: value}."""
+def resolved_flags(unset=()):
+  """Flag values with model-dependent defaults filled in, as {name: value}.
+
+  Flags named in `unset` are taken at their default, whatever the command line says: what an
+  older flags.cfg that lacks them ran with.
+  """
   if FLAGS.model not in experiment.PAPER:
     raise UserError(f"--model={FLAGS.model} is not a model; pass one of "
                     f"{', '.join(models.ARCHITECTURES)}")
   paper = experiment.PAPER[FLAGS.model]
-  values = {name: FLAGS[name].value for name in RESULT_FLAGS}
+  values = {name: FLAGS[name].default if name in unset else FLAGS[name].value
+            for name in RESULT_FLAGS}
   for name in ("dataset", "iterations", "learning_rate", "prune_rate_conv", "prune_rate_fc"):
     if values[name] is None:
       values[name] = paper[name]
@@ -133,9 +138,13 @@ def check_output_dir(output_dir, values, text):
   if artifacts.exists(path):
     old = artifacts.parse_flagfile(artifacts.read_bytes(path).decode())
     new = artifacts.parse_flagfile(text)
-    # A flag missing from an older flags.cfg had its default then (flags are only ever added).
-    differ = [k for k in RESULT_FLAGS if k not in EXTENSIBLE_FLAGS
-              and old.get(k, str(FLAGS[k].default)) != new.get(k)]
+    # A flag missing from an older flags.cfg had its default then (flags are only ever added),
+    # resolved as today (--prune_rate's default is --prune_rate_fc's value).
+    missing = [k for k in RESULT_FLAGS if k not in old]
+    if missing:
+      then = artifacts.parse_flagfile(flagfile_text(resolved_flags(unset=missing), output_dir))
+      old = {**then, **old}
+    differ = [k for k in RESULT_FLAGS if k not in EXTENSIBLE_FLAGS and old.get(k) != new.get(k)]
     if differ and not FLAGS.overwrite:
       shown = ", ".join(f"--{k}={old.get(k)} (now {new.get(k)})" for k in differ)
       raise UserError(f"--output_dir={output_dir} holds an experiment with different flags: "

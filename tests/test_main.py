@@ -29,6 +29,16 @@ def test_cli_runs_writes_layout_and_refuses_other_flags(cli_experiment):
   assert again.returncode == 0 and "early stop at" not in again.stderr
   assert artifacts.read_results(f"{out}/results.csv") == rows
 
+  # a flags.cfg from an older lth_tf, before --prune_rate & co existed: they ran at their
+  # defaults, resolved as today (--prune_rate = --prune_rate_fc), so the rerun is accepted
+  older = [l for l in flags_cfg.splitlines()
+           if not l.startswith(("--prune_rate=", "--global_output_layer=", "--init_scale="))]
+  assert len(older) == len(flags_cfg.splitlines()) - 3
+  (out / "flags.cfg").write_text("\n".join(older) + "\n")
+  again = run_cli([*TINY, f"--output_dir={out}"])
+  assert again.returncode == 0, _error_line(again)
+  assert (out / "flags.cfg").read_text() == flags_cfg
+
   # different flags into the same dir: refused, naming the flag; nothing lost
   other = run_cli([*TINY, f"--output_dir={out}", "--learning_rate=0.1"])
   assert other.returncode == 2
