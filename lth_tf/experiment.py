@@ -149,6 +149,68 @@ class Config:
             for arm in self.arms(r)]
 
 
+
+def dependencies(cfg):
+  """{stage: the stages it needs finished first} for every (arm, trial, round) of ``cfg``.
+
+  A stage needs the files other stages write: the ticket's round r mask is pruned from the
+  trained ticket of round r-1 (one-shot: round 0); early-bird masks and the late-resetting
+  point θ_k are recorded during the dense round 0; SNIP, GraSP and SynFlow score θ0 alone
+  (which every stage draws or loads itself: ``_Run.theta0`` is a pure function of the seeds,
+  written atomically). A control trains the ticket's mask of its round (reinit,
+  sign_constant), its counts (random_prune) or, with --rewind=none, fine-tunes the ticket's
+  previous round: it needs the ticket of its round, which is also the simplest guarantee that
+  the ticket's mask is written once, by the ticket. Nothing crosses trials.
+  """
+  deps = {}
+  for arm, t, r in cfg.stages():
+    if arm != "ticket":
+      need = [("ticket", t, r)]
+    elif r == 0 or cfg.pruning in AT_INIT:
+      need = []
+    elif cfg.one_shot or cfg.pruning == "early_bird":
+      need = [("ticket", t, 0)]
+    else:  # iterative magnitude pruning (any --rewind): the previous round's trained weights
+      need = [("ticket", t, r - 1)]
+    if arm == "ticket" and r > 0 and cfg.rewind == "iteration" and ("ticket", t, 0) not in need:
+      need.append(("ticket", t, 0))  # θ_k, captured during the dense round
+    deps[(arm, t, r)] = tuple(need)
+  return deps
+
+
+def check_order(order, deps):
+  """Raises ValueError unless ``order`` lists every stage of ``deps`` once, after its needs."""
+  seen = set()
+  for stage in order:
+    missing = [d for d in deps[stage] if d not in seen]
+    if stage in seen or missing:
+      raise ValueError(f"{stage} is listed twice or before {missing}")
+    seen.add(stage)
+  if seen != set(deps):
+    raise ValueError(f"stages missing from the order: {sorted(set(deps) - seen)}")
+  return order
+
+
+def stage_order(cfg):
+  """The order the local loop runs: cfg.stages(), checked to be a topological order."""
+  return check_order(cfg.stages(), dependencies(cfg))
+
+
+def setup_tensorflow(threads, seed, deterministic):
+  """Intra-op threads, seeds and op determinism, before the process runs any TF op.
+
+  lth_tf.main calls it once; a Ray worker calls it before each stage (the thread count can
+  only be set before TensorFlow initialises, so a worker reused at the same count skips it).
+  """
+  import tensorflow as tf
+  import tf_keras
+
+  if tf.config.threading.get_intra_op_parallelism_threads() != threads:
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+  tf_keras.utils.set_random_seed(seed)
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
+
 def derive_seed(*parts):
   """A 31-bit seed that is a pure function of ``parts`` (ints and strings)."""
   ints = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
@@ -192,6 +254,15 @@ def collect_rows(cfg, output_dir):
           rows.append({c: m[c] for c in artifacts.RESULT_COLUMNS})
   return rows
 
+
+
+def write_results(cfg, output_dir, logdir=None):
+  """results.csv and the TensorBoard summary run, from every finished stage's metrics.json."""
+  rows = collect_rows(cfg, output_dir)
+  artifacts.write_results(f"{output_dir}/results.csv", rows)
+  if logdir:
+    summaries.write_summary(logdir, rows, dataclasses.asdict(cfg))
+  return rows
 
 class _Run:
   """One experiment's shared state: the compiled model reused by every stage, and the data."""
@@ -434,11 +505,38 @@ class _Run:
 
   def write_results(self):
     """results.csv and the TensorBoard summary run, from every finished stage's metrics.json."""
-    rows = collect_rows(self.cfg, self.out)
-    artifacts.write_results(f"{self.out}/results.csv", rows)
-    if self.logdir:
-      summaries.write_summary(self.logdir, rows, dataclasses.asdict(self.cfg))
-    return rows
+    return write_results(self.cfg, self.out, self.logdir)
+
+
+class _StageRun(_Run):
+  """A _Run in a worker: it trains stages; the driver alone writes results.csv and the summary
+  (workers finishing together would otherwise rewrite them concurrently)."""
+
+  def write_results(self):
+    return None
+
+
+def run_stage(cfg, output_dir, splits, stage, checkpoint_every=0, jit_compile=True,
+              callbacks=(), export=False, logdir=None, run_=None):
+  """Runs one (arm, trial, round) in this process, as a worker does; returns its metrics.
+
+  The stages ``dependencies(cfg)[stage]`` must be finished (their files in ``output_dir``). A
+  finished stage is not retrained; an interrupted one resumes from its checkpoint. results.csv
+  is left to the caller (``write_results``). ``run_``: a _StageRun of the same arguments to
+  reuse (its compiled model), e.g. by a worker running several stages.
+  """
+  arm, trial, round_ = stage
+  if stage not in dependencies(cfg):
+    raise ValueError(f"{stage} is not a stage of this experiment")
+  if cfg.rewind == "iteration" and (arm, round_) != ("ticket", 0):
+    path = rewind_path(output_dir, trial, cfg.rewind_iteration)
+    if not artifacts.exists(path):  # else this stage would capture θ_k itself, wrongly
+      raise RuntimeError(f"{path} is missing: [ticket trial {trial} round 0] must finish "
+                         f"before [{arm} trial {trial} round {round_}]")
+  if run_ is None:
+    run_ = _StageRun(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile,
+                     callbacks, export, logdir)
+  return run_.stage(arm, trial, round_, run_.rewinder(trial))
 
 
 def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks=(),
@@ -455,9 +553,10 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
     raise ConfigError(f"--on_divergence={on_divergence} is invalid; use continue or stop")
   run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile, callbacks,
               export, logdir)
+  order = stage_order(cfg)  # a topological order of dependencies(cfg), trial by trial
   for trial in range(cfg.trials):
     rewinder = run_.rewinder(trial)
-    for arm, _, r in [s for s in cfg.stages() if s[1] == trial]:
+    for arm, _, r in [s for s in order if s[1] == trial]:
       metrics = run_.stage(arm, trial, r, rewinder)
       if metrics["diverged"] and on_divergence == "stop":
         raise DivergedError(

@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import data, experiment, models, plot, training
+from lth_tf import data, executor, experiment, lock, models, plot, training
 
 FLAGS = flags.FLAGS
 # Names are plain strings checked by Config.validate, so a typo gets our one-line error.
@@ -69,6 +69,14 @@ flags.DEFINE_enum("on_divergence", "continue", ["continue", "stop"], "When a los
                   "NaN/inf: record the stage as diverged and go on, or stop with an error.")
 flags.DEFINE_bool("deterministic", True, "Enable TensorFlow op determinism.")
 flags.DEFINE_bool("xla", True, "Compile training and evaluation with XLA (jit_compile).")
+flags.DEFINE_enum("executor", "local", ["local", "ray"], "Where stages run: local (one after "
+                  "another in this process) or ray (as Ray tasks, in parallel where their "
+                  "dependencies allow; pip install 'lth-tf[ray]'). Results are identical.")
+flags.DEFINE_string("ray_address", None, "--executor=ray: the cluster to join ('auto', or "
+                    "host:port); default: start a local Ray with all cores.")
+flags.DEFINE_integer("ray_cpus_per_task", None, "--executor=ray: CPUs each stage reserves "
+                     "(default: --threads).")
+flags.DEFINE_float("ray_gpus_per_task", 0, "--executor=ray: GPUs each stage reserves.")
 
 # Flags whose values determine the numbers; a rerun into an existing dir must match them,
 # except the ones that only add stages.
@@ -161,13 +169,21 @@ def check_output_dir(output_dir, values, text):
 
 
 def setup_tensorflow(values):
-  import tensorflow as tf
-  import tf_keras
+  experiment.setup_tensorflow(values["threads"], values["seed"], values["deterministic"])
 
-  tf.config.threading.set_intra_op_parallelism_threads(values["threads"])
-  tf_keras.utils.set_random_seed(values["seed"])
-  if values["deterministic"]:
-    tf.config.experimental.enable_op_determinism()
+
+def check_executor(values):
+  """The --executor and --ray_* flags; returns Ray's per-task (CPUs, GPUs)."""
+  if FLAGS.executor != "ray":
+    return None
+  missing = executor.ray_missing()
+  if missing:
+    raise UserError(missing)
+  cpus = values["threads"] if FLAGS.ray_cpus_per_task is None else FLAGS.ray_cpus_per_task
+  if cpus < 1 or FLAGS.ray_gpus_per_task < 0:
+    raise UserError(f"--ray_cpus_per_task={cpus} must be 1 or more and --ray_gpus_per_task="
+                    f"{FLAGS.ray_gpus_per_task} 0 or more")
+  return cpus, FLAGS.ray_gpus_per_task
 
 
 def main(argv):
@@ -180,26 +196,44 @@ def main(argv):
       raise UserError(f"--checkpoint_every={FLAGS.checkpoint_every} must be 0 or a multiple of "
                       f"--eval_every={cfg.eval_every}")
     output_dir = FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}"
+    ray_resources = check_executor(values)
     setup_tensorflow(values)
     text = flagfile_text(values, output_dir)
-    check_output_dir(output_dir, values, text)
-    logging.info("experiment %s -> %s", cfg, output_dir)
-    data.check_available(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir)
-    splits = data.load(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir,
-                       split_seed=experiment.derive_seed(cfg.seed, "split"))
-    if splits.train_x.shape[1:] != data.SHAPES[cfg.dataset]:
-      raise UserError(f"--dataset={cfg.dataset} gave images of shape "
-                      f"{splits.train_x.shape[1:]}, expected {data.SHAPES[cfg.dataset]}")
-    rows = experiment.run(cfg, output_dir, splits, checkpoint_every=FLAGS.checkpoint_every,
-                          jit_compile=values["xla"], on_divergence=FLAGS.on_divergence,
-                          export=FLAGS.export,
-                          logdir=(f"{output_dir}/tensorboard" if FLAGS.logdir is None
-                                  else FLAGS.logdir or None))
-    logging.info("done: %d rows in %s/results.csv", len(rows), output_dir)
-    for path in plot.plot_experiment(output_dir):
-      logging.info("wrote %s", path)
+    # One driver per folder. Taken before check_output_dir, whose --overwrite deletes the
+    # folder: a second driver must not delete a running experiment.
+    driver_lock = lock.DriverLock(output_dir)
+    try:
+      driver_lock.acquire()
+    except lock.LockHeld:
+      raise
+    except Exception as e:  # OSError, or TensorFlow's for a URL
+      raise UserError(f"--output_dir={output_dir} is not writable ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:150] if str(e) else ''}); pass a writable "
+                      f"--output_dir") from e
+    with driver_lock:
+      check_output_dir(output_dir, values, text)
+      driver_lock.ensure()  # --overwrite deleted the folder with the lock in it
+      logging.info("experiment %s -> %s (%s executor)", cfg, output_dir, FLAGS.executor)
+      data.check_available(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+      job = executor.Job(cfg, output_dir, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
+                         checkpoint_every=FLAGS.checkpoint_every, jit_compile=values["xla"],
+                         export=FLAGS.export,
+                         logdir=(f"{output_dir}/tensorboard" if FLAGS.logdir is None
+                                 else FLAGS.logdir or None),
+                         threads=values["threads"], deterministic=values["deterministic"])
+      if ray_resources is None:
+        splits = executor.load_splits(cfg, FLAGS.data_dir, FLAGS.manual_dir)
+        rows = executor.run_local(job, splits, on_divergence=FLAGS.on_divergence)
+      else:
+        executor.prepare_data(cfg, FLAGS.data_dir, FLAGS.manual_dir)
+        rows = executor.run_ray(job, FLAGS.ray_address, *ray_resources,
+                                on_divergence=FLAGS.on_divergence)
+      logging.info("done: %d rows in %s/results.csv", len(rows), output_dir)
+      for path in plot.plot_experiment(output_dir):
+        logging.info("wrote %s", path)
   except (UserError, experiment.ConfigError, experiment.DivergedError,
-          data.DatasetUnavailableError, training.CorruptCheckpointError) as e:
+          data.DatasetUnavailableError, training.CorruptCheckpointError, lock.LockHeld,
+          executor.ExecutorError) as e:
     print(f"lth_tf: error: {e}", file=sys.stderr)
     sys.exit(2)
 

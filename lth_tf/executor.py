@@ -1,0 +1,250 @@
+"""Where an experiment's stages run: all in this process (``local``), or as Ray tasks (``ray``).
+
+Every stage (arm, trial, round) writes its own files into the output dir and needs only the
+files of the stages ``experiment.dependencies`` names, so stages of different trials, and the
+controls of a round, can train at the same time on different cores or machines. The Ray
+driver submits each stage as a task as soon as its dependencies are finished; a task, in its
+worker process, sets TensorFlow up exactly as ``lth_tf.main`` does, loads the data, and runs
+the stage (``experiment.run_stage``). The driver alone writes results.csv (after every
+finished stage) and the TensorBoard summary. Stages already finished (their metrics.json
+exists) are not resubmitted, and an interrupted stage resumes from its checkpoint, so an
+experiment can be resumed with either executor. Results are bit-identical to the local loop
+at the same ``--threads``: every seed derives from (seed, trial, arm, round), never from the
+order or the process stages run in.
+
+Ray is optional (``pip install 'lth-tf[ray]'``); this module imports it only in ``run_ray``.
+"""
+import dataclasses
+import os
+import socket
+
+from absl import logging
+
+import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from lth_tf import artifacts, data, experiment
+
+# Ray re-runs a task whose worker process died (not one that raised) this many times; the
+# rerun resumes the stage from its last checkpoint.
+MAX_RETRIES = 3
+
+
+class ExecutorError(RuntimeError):
+  """A stage failed, or the executor cannot run; the message is one line."""
+
+
+def ray_missing():
+  """None if Ray can be imported, else the one-line reason why not."""
+  try:
+    import ray  # noqa: F401
+  except ImportError:
+    return "--executor=ray needs Ray: pip install 'lth-tf[ray]'"
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """Everything a worker needs to run stages of one experiment (picklable, hashable)."""
+  cfg: experiment.Config
+  output_dir: str
+  data_dir: str = None
+  manual_dir: str = None
+  checkpoint_every: int = 0
+  jit_compile: bool = True
+  export: bool = False
+  logdir: str = None
+  threads: int = 1
+  deterministic: bool = True
+
+
+def _absolute(path):
+  """Local paths made absolute (a worker's working directory may differ); URLs unchanged."""
+  return path if path is None or "://" in path else os.path.abspath(path)
+
+
+def label(stage):
+  arm, trial, round_ = stage
+  return f"[{arm} trial {trial} round {round_}]"
+
+
+# ---- worker side -----------------------------------------------------------------------------
+
+_WORKER = {}  # per worker process: the last job's splits and _StageRun, reused by its stages
+
+
+def load_splits(cfg, data_dir, manual_dir):
+  """The experiment's data splits, checked against the dataset's image shape."""
+  splits = data.load(cfg.dataset, data_dir, manual_dir,
+                     split_seed=experiment.derive_seed(cfg.seed, "split"))
+  if splits.train_x.shape[1:] != data.SHAPES[cfg.dataset]:
+    raise experiment.ConfigError(f"--dataset={cfg.dataset} gave images of shape "
+                                 f"{splits.train_x.shape[1:]}, expected "
+                                 f"{data.SHAPES[cfg.dataset]}")
+  return splits
+
+
+def run_stage_task(job, stage):
+  """A Ray task: runs ``stage`` of ``job`` in this worker process; returns its metrics row.
+
+  The worker keeps the data and the compiled model between the stages it runs.
+  """
+  logging.set_verbosity(logging.INFO)
+  experiment.setup_tensorflow(job.threads, job.cfg.seed, job.deterministic)
+  data_key = (job.cfg.dataset, job.cfg.seed, job.data_dir, job.manual_dir)
+  if _WORKER.get("data_key") != data_key:
+    _WORKER.clear()
+    _WORKER.update(data_key=data_key,
+                   splits=load_splits(job.cfg, job.data_dir, job.manual_dir))
+  splits = _WORKER["splits"]
+  if _WORKER.get("job") != job:
+    _WORKER["job"], _WORKER["run"] = job, experiment._StageRun(
+        job.cfg.validate(), job.output_dir, splits, job.checkpoint_every, job.jit_compile, (),
+        job.export, job.logdir)
+  metrics = experiment.run_stage(job.cfg, job.output_dir, splits, stage, run_=_WORKER["run"])
+  return {k: metrics[k] for k in (*artifacts.RESULT_COLUMNS, "seconds")}
+
+
+# ---- driver side -----------------------------------------------------------------------------
+
+def run_local(job, splits, on_divergence="continue", callbacks=()):
+  """Every stage in this process, in ``experiment.stage_order``: experiment.run."""
+  return experiment.run(job.cfg, job.output_dir, splits, checkpoint_every=job.checkpoint_every,
+                        jit_compile=job.jit_compile, callbacks=callbacks,
+                        on_divergence=on_divergence, export=job.export, logdir=job.logdir)
+
+
+def _error_line(e):
+  """One line for an exception raised in a task (Ray wraps it)."""
+  cause = getattr(e, "cause", None) or e
+  text = str(cause).strip().splitlines()
+  name = type(cause).__name__
+  if name.startswith("RayTaskError(") and text:  # cause not unpicklable: Ray's own text
+    return f"{name[len('RayTaskError('):-1]}: {text[-1][:300]}"
+  return f"{name}: {text[0][:300]}" if text else name
+
+
+def prepare_data(cfg, data_dir, manual_dir):
+  """Prepares the dataset in ``data_dir`` once, here, so that workers starting together only
+  read it (TFDS preparing one dataset twice at once into one folder is not safe)."""
+  import tensorflow_datasets as tfds
+
+  if not tfds.builder(cfg.dataset, data_dir=data_dir).is_prepared():
+    logging.info("preparing %s in %s for the workers", cfg.dataset, data_dir or "TFDS's data dir")
+    load_splits(cfg, data_dir, manual_dir)
+
+
+def _init_ray(ray, address, cpus_per_task, gpus_per_task):
+  if address is None:
+    cpus = os.cpu_count() or 1
+    if cpus_per_task > cpus:
+      raise ExecutorError(f"--ray_cpus_per_task={cpus_per_task} exceeds the {cpus} CPUs of the "
+                          f"local Ray; pass --ray_cpus_per_task (or --threads) of at most {cpus}")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False)
+  else:
+    try:
+      host, _, port = address.rpartition(":")
+      if "://" not in address and host and port.isdigit():  # Ray retries a dead GCS for minutes
+        socket.create_connection((host, int(port)), timeout=10).close()
+      ray.init(address=address)
+    except Exception as e:  # ConnectionError, or Ray's own for a bad address
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+      raise ExecutorError(f"--ray_address={address}: cannot join that Ray cluster "
+                          f"({type(e).__name__}: {first}); start it with `ray start --head`, "
+                          f"or drop --ray_address to start a local Ray") from e
+  total = ray.cluster_resources()
+  if total.get("CPU", 0) < cpus_per_task or total.get("GPU", 0) < gpus_per_task:
+    logging.warning("ray: the cluster has %g CPUs and %g GPUs now; each stage needs %g and %g "
+                    "(stages wait until nodes that fit join)", total.get("CPU", 0),
+                    total.get("GPU", 0), cpus_per_task, gpus_per_task)
+  logging.info("ray: %g CPUs, %g GPUs; %g CPUs and %g GPUs per stage", total.get("CPU", 0),
+               total.get("GPU", 0), cpus_per_task, gpus_per_task)
+
+
+def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="continue",
+            max_retries=MAX_RETRIES):
+  """Runs (or resumes) every stage of ``job`` as Ray tasks; returns results.csv rows.
+
+  ``address``: None starts a local Ray with all cores; ``"auto"`` or ``host:port`` joins a
+  running cluster, whose every node must have lth_tf installed and see ``job.output_dir`` and
+  the data at the same paths. Divergence is handled as in ``experiment.run``: a diverged
+  ticket ends its trial (stages not yet started are dropped), and ``on_divergence="stop"``
+  submits nothing more and raises DivergedError once the running stages have finished. A
+  stage that fails is logged in one line; the driver submits nothing more, waits for the
+  running stages, writes results.csv and raises ExecutorError naming the first failure.
+  """
+  import ray
+
+  cfg = job.cfg.validate()
+  job = dataclasses.replace(job, cfg=cfg, output_dir=_absolute(job.output_dir),
+                            data_dir=_absolute(job.data_dir),
+                            manual_dir=_absolute(job.manual_dir), logdir=_absolute(job.logdir))
+  order, deps = experiment.stage_order(cfg), experiment.dependencies(cfg)
+  position = {s: i for i, s in enumerate(order)}
+  done, skipped, running, failures, stop = {}, set(), {}, [], []
+
+  def finished(stage, row):
+    done[stage] = row
+    if not row["diverged"]:
+      return
+    if on_divergence == "stop" and not stop:
+      stop.append(stage)
+    if stage[0] == "ticket":  # as the local loop: the rest of its trial is not run
+      later = {s for s in order if s[1] == stage[1] and position[s] > position[stage]
+               and s not in done and s not in running.values()}
+      if later - skipped:
+        logging.warning("trial %d ends at round %d: its ticket diverged", stage[1], stage[2])
+      skipped.update(later)
+
+  for stage in order:  # resume: finished stages are not submitted again
+    path = f"{experiment.stage_dir(job.output_dir, *stage)}/metrics.json"
+    if stage not in skipped and artifacts.exists(path):
+      finished(stage, artifacts.read_json(path))
+  if done:
+    logging.info("ray: %d of %d stages already finished", len(done), len(order))
+
+  _init_ray(ray, address, cpus_per_task, gpus_per_task)
+  task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
+                    max_retries=max_retries)(run_stage_task)
+  job_ref = ray.put(job)
+
+  def progress():
+    waiting = len(order) - len(done) - len(running) - len(skipped)
+    logging.info("ray: %d/%d stages done, %d running, %d waiting%s", len(done), len(order),
+                 len(running), waiting, f", {len(skipped)} dropped" if skipped else "")
+
+  try:
+    while True:
+      if not failures and not stop:
+        for stage in order:
+          if (stage not in done and stage not in skipped and stage not in running.values()
+              and all(d in done for d in deps[stage])):
+            running[task.remote(job_ref, stage)] = stage
+            logging.info("ray: started %s", label(stage))
+      progress()
+      if not running:
+        break
+      ready, _ = ray.wait(list(running), num_returns=1)
+      stage = running.pop(ready[0])
+      try:
+        row = ray.get(ready[0])
+      except Exception as e:  # the task raised, or its worker died more than max_retries times
+        failures.append(f"{label(stage)} failed: {_error_line(e)}")
+        logging.error("ray: %s", failures[-1])
+        continue
+      logging.info("ray: finished %s in %.1f s: early stop at %d, test accuracy %.4f",
+                   label(stage), row["seconds"], row["early_stop_iteration"],
+                   row["early_stop_test_accuracy"])
+      finished(stage, row)
+      experiment.write_results(cfg, job.output_dir, job.logdir)
+  finally:
+    ray.shutdown()
+  rows = experiment.write_results(cfg, job.output_dir, job.logdir)
+  if failures:
+    not_run = len(order) - len(done) - len(skipped)
+    raise ExecutorError(f"{failures[0]}{f' (and {len(failures) - 1} more)' if len(failures) > 1 else ''}"
+                        f"; {not_run} stage(s) not run; the finished ones are in "
+                        f"{job.output_dir}/results.csv; rerun the same command to resume")
+  if stop:
+    raise experiment.DivergedError(
+        f"{label(stop[0])} diverged (NaN/inf loss), recorded in {job.output_dir}/results.csv; "
+        f"lower --learning_rate, or pass --on_divergence=continue to go on")
+  return rows

@@ -1,0 +1,398 @@
+"""Stage dependencies, one stage at a time (what a worker runs), the driver lock, and the Ray
+executor against the local loop on real Fashion-MNIST (resuming, with workers killed)."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import FASHION_MANUAL_DIR, REPO, TINY_ARGS, needs_fashion, run_cli
+from lth_tf import artifacts, experiment, lock
+
+try:
+  import ray  # noqa: F401
+  HAVE_RAY = True
+except ImportError:
+  HAVE_RAY = False
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="needs ray (pip install 'lth-tf[ray]')")
+
+
+def _cfg(**kw):
+  fields = dict(model="lenet300_100", dataset="mnist", rounds=3, iterations=120, batch_size=30,
+                learning_rate=1.2e-3, eval_every=40, prune_rate_conv=0.0, prune_rate_fc=0.5,
+                prune_rate_output=0.25, controls=("reinit", "random_prune"), trials=2, seed=3)
+  fields.update(kw)
+  return experiment.Config(**fields).validate()
+
+
+def _expected(cfg, ticket_needs):
+  """{stage: needs}: the ticket's from ``ticket_needs(t, r)``, every control its round's ticket."""
+  out = {}
+  for arm, t, r in cfg.stages():
+    out[(arm, t, r)] = (tuple(("ticket", t, q) for q in ticket_needs(t, r)) if arm == "ticket"
+                        else (("ticket", t, r),))
+  return out
+
+
+# ---- (a) dependencies -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw,ticket_needs", [
+    # iterative IMP (any rewind to θ0, or fine-tuning): the previous round
+    (dict(), lambda t, r: [r - 1] if r else []),
+    (dict(pruning="global"), lambda t, r: [r - 1] if r else []),
+    (dict(rewind="none"), lambda t, r: [r - 1] if r else []),
+    # one-shot: every round prunes the dense round
+    (dict(one_shot=True), lambda t, r: [0] if r else []),
+    # late resetting also needs θ_k from the dense round
+    (dict(rewind="iteration", rewind_iteration=40), lambda t, r: [r - 1, 0] if r > 1 else [0] if r else []),
+    (dict(rewind="iteration", rewind_iteration=40, one_shot=True), lambda t, r: [0] if r else []),
+    # pruning at initialization: θ0 only, which every stage draws or loads itself
+    (dict(pruning="snip"), lambda t, r: []),
+    (dict(pruning="grasp"), lambda t, r: []),
+    (dict(pruning="synflow"), lambda t, r: []),
+    # early-bird masks are recorded during the dense round
+    (dict(pruning="early_bird"), lambda t, r: [0] if r else []),
+], ids=["imp", "global", "rewind_none", "one_shot", "rewind_iteration", "rewind_iteration_one_shot",
+        "snip", "grasp", "synflow", "early_bird"])
+def test_dependencies_are_exactly_what_each_stage_reads(kw, ticket_needs):
+  cfg = _cfg(controls=("reinit", "random_prune", "sign_constant"), **kw)
+  deps = experiment.dependencies(cfg)
+  assert deps == _expected(cfg, ticket_needs)
+  assert experiment.stage_order(cfg) == cfg.stages()  # the local loop's order is topological
+  assert all(t == d[1] for (_, t, _), needs in deps.items() for d in needs)  # within a trial
+
+
+def test_check_order_rejects_a_stage_before_its_needs():
+  cfg = _cfg(trials=1, rounds=1, controls=("reinit",))
+  deps = experiment.dependencies(cfg)
+  with pytest.raises(ValueError, match="before"):
+    experiment.check_order([("ticket", 0, 0), ("reinit", 0, 1), ("ticket", 0, 1)], deps)
+  with pytest.raises(ValueError, match="missing"):
+    experiment.check_order([("ticket", 0, 0), ("ticket", 0, 1)], deps)
+  experiment.check_order([("ticket", 0, 0), ("ticket", 0, 1), ("reinit", 0, 1)], deps)
+
+
+def test_a_stage_needing_theta_k_refuses_to_run_before_the_dense_round(tmp_path, splits):
+  cfg = _cfg(rewind="iteration", rewind_iteration=40)
+  with pytest.raises(RuntimeError, match=r"theta_40.npz is missing: \[ticket trial 1 round 0\] "
+                                         r"must finish before \[reinit trial 1 round 1\]"):
+    experiment.run_stage(cfg, str(tmp_path), splits, ("reinit", 1, 1))
+
+
+# ---- the Ray driver's scheduling, on a stand-in for Ray ----------------------------------------
+
+class FakeRay:
+  """Just enough of Ray for executor.run_ray: a task runs in this process when waited for.
+
+  Checks that every task is submitted only once its dependencies' metrics.json exist."""
+
+  def __init__(self, cfg, out):
+    self.deps, self.out = experiment.dependencies(cfg), out
+    self.pending, self.results, self.submitted, self.waves = [], {}, [], []
+
+  def init(self, **kw):
+    self.init_kw = kw
+
+  def shutdown(self):
+    self.shut_down = True
+
+  def cluster_resources(self):
+    return {"CPU": 2.0}
+
+  def put(self, value):
+    return value
+
+  def remote(self, **opts):
+    self.opts, fake = opts, self
+
+    class Task:
+      def remote(self, job, stage):
+        for d in fake.deps[stage]:
+          assert artifacts.exists(f"{experiment.stage_dir(fake.out, *d)}/metrics.json"), (stage, d)
+        ref = len(fake.submitted)
+        fake.submitted.append(stage)
+        fake.pending.append((ref, job, stage))
+        return ref
+
+    def wrap(fn):
+      self.fn = fn
+      return Task()
+    return wrap
+
+  def wait(self, refs, num_returns=1):
+    self.waves.append(sorted(stage for _, _, stage in self.pending))
+    ref, job, stage = self.pending.pop(0)
+    try:
+      self.results[ref] = (self.fn(job, stage), None)
+    except Exception as e:  # noqa: BLE001
+      self.results[ref] = (None, e)
+    return [ref], [r for r in refs if r != ref]
+
+  def get(self, ref):
+    value, error = self.results.pop(ref)
+    if error is not None:
+      raise error
+    return value
+
+
+@pytest.fixture
+def fake_ray(monkeypatch, splits):
+  from lth_tf import executor
+  monkeypatch.setattr(executor, "load_splits", lambda *a: splits)
+  monkeypatch.setattr(experiment, "setup_tensorflow", lambda *a: None)  # this process's TF is set
+  monkeypatch.setattr(executor, "_WORKER", {})
+
+  def make(cfg, out):
+    fake = FakeRay(cfg, out)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    return fake
+  return make
+
+
+def _job(cfg, out):
+  from lth_tf import executor
+  return executor.Job(cfg, out, jit_compile=False, threads=1)
+
+
+def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, fake_ray):
+  """What the driver and its workers do, in this process: stages in another order than the
+  local loop's (trials interleaved), each later stage loading θ_k from disk: same results."""
+  from lth_tf import executor
+  cfg = _cfg(rounds=1, trials=2, controls=("reinit", "random_prune"), iterations=40,
+             rewind="iteration", rewind_iteration=40)
+  local = experiment.run(cfg, str(tmp_path / "local"), splits, jit_compile=False)
+  out = str(tmp_path / "ray")
+  fake = fake_ray(cfg, out)
+  rows = executor.run_ray(_job(cfg, out), cpus_per_task=2, gpus_per_task=0.5)
+  assert rows == local
+  assert artifacts.read_bytes(f"{out}/results.csv") == artifacts.read_bytes(
+      f"{tmp_path}/local/results.csv")
+  for arm, t, r in cfg.stages():
+    a = artifacts.read_weights(f"{experiment.stage_dir(str(tmp_path / 'local'), arm, t, r)}/weights.npz")
+    b = artifacts.read_weights(f"{experiment.stage_dir(out, arm, t, r)}/weights.npz")
+    for n in a:
+      np.testing.assert_array_equal(a[n][0], b[n][0])
+  assert fake.opts == dict(num_cpus=2, num_gpus=0.5, max_retries=executor.MAX_RETRIES)
+  assert fake.init_kw == dict(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
+  assert fake.waves[0] == [("ticket", 0, 0), ("ticket", 1, 0)]  # both trials at once
+  assert fake.submitted.index(("ticket", 1, 0)) < fake.submitted.index(("ticket", 0, 1))
+  assert sorted(fake.submitted) == sorted(cfg.stages()) and fake.shut_down
+  again = fake_ray(cfg, out)  # resume: finished stages are not submitted again
+  assert executor.run_ray(_job(cfg, out), address="auto") == local
+  assert again.submitted == [] and again.init_kw == dict(address="auto")
+
+
+def test_ray_driver_reports_a_failed_stage_and_lets_the_running_ones_finish(tmp_path, fake_ray):
+  from lth_tf import executor
+  cfg = _cfg(rounds=1, trials=2, controls=("reinit",), iterations=40)
+  out = str(tmp_path)
+  artifacts.write_bytes(experiment.theta0_path(out, 1), b"garbage")
+  fake = fake_ray(cfg, out)
+  with pytest.raises(executor.ExecutorError) as e:
+    executor.run_ray(_job(cfg, out))
+  assert str(e.value).startswith("[ticket trial 1 round 0] failed: ")
+  assert "\n" not in str(e.value) and "rerun the same command" in str(e.value)
+  # ticket 0/0 had finished and submitted ticket 0/1, which ran to the end; nothing after
+  assert fake.submitted == [("ticket", 0, 0), ("ticket", 1, 0), ("ticket", 0, 1)]
+  assert [(r["arm"], r["trial"], r["round"]) for r in
+          artifacts.read_results(f"{out}/results.csv")] == [("ticket", 0, 0), ("ticket", 0, 1)]
+
+
+def test_ray_driver_handles_divergence_as_the_local_loop(tmp_path, splits, fake_ray):
+  from lth_tf import executor
+  cfg = _cfg(rounds=1, trials=1, controls=("reinit",), learning_rate=1e9, iterations=40)
+  local = experiment.run(cfg, str(tmp_path / "local"), splits, jit_compile=False)
+  fake = fake_ray(cfg, str(tmp_path / "go"))
+  assert executor.run_ray(_job(cfg, str(tmp_path / "go"))) == local  # the trial ends
+  assert len(local) == 1 and fake.submitted == [("ticket", 0, 0)]
+  fake_ray(cfg, str(tmp_path / "stop"))
+  with pytest.raises(experiment.DivergedError, match="--on_divergence"):
+    executor.run_ray(_job(cfg, str(tmp_path / "stop")), on_divergence="stop")
+  assert artifacts.exists(f"{tmp_path}/stop/results.csv")
+
+
+# ---- (c) the driver lock ----------------------------------------------------------------------
+
+def _write_lock(out, pid, host=None):
+  os.makedirs(out, exist_ok=True)
+  with open(lock.lock_path(out), "w") as f:
+    json.dump(dict(host=host or socket.gethostname(), pid=pid), f)
+
+
+def _dead_pid():
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+def _error_line(proc):
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert lines and lines[-1].startswith("lth_tf: error: "), proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  return lines[-1]
+
+
+def test_lock_is_exclusive_released_and_taken_over_when_stale(tmp_path):
+  out = str(tmp_path / "exp")
+  with lock.DriverLock(out) as held:
+    mine = json.loads(open(lock.lock_path(out)).read())
+    assert (mine["host"], mine["pid"]) == (socket.gethostname(), os.getpid())
+    _write_lock(str(tmp_path / "other"), os.getppid())  # a live process
+    with pytest.raises(lock.LockHeld, match=rf"held by pid {os.getppid()} "):
+      lock.DriverLock(str(tmp_path / "other")).acquire()
+    assert held.held
+  assert not os.path.exists(lock.lock_path(out))  # released
+
+  _write_lock(out, os.getppid(), host="elsewhere")  # another host: cannot be checked, refused
+  with pytest.raises(lock.LockHeld, match="elsewhere"):
+    lock.DriverLock(out).acquire()
+
+  _write_lock(out, _dead_pid())  # a dead driver of this host: taken over
+  with lock.DriverLock(out):
+    assert json.loads(open(lock.lock_path(out)).read())["pid"] == os.getpid()
+  assert os.listdir(out) == []  # no debris
+
+  with pytest.raises(RuntimeError):  # released on errors too
+    with lock.DriverLock(out):
+      raise RuntimeError("boom")
+  assert not os.path.exists(lock.lock_path(out))
+
+
+def test_lock_is_not_released_when_another_driver_holds_it_now(tmp_path):
+  out = str(tmp_path)
+  held = lock.DriverLock(out).acquire()
+  _write_lock(out, os.getppid())  # e.g. taken over meanwhile
+  held.release()
+  assert json.loads(open(lock.lock_path(out)).read())["pid"] == os.getppid()
+
+
+def test_second_driver_on_a_locked_dir_is_refused(tmp_path):
+  out = tmp_path / "exp"
+  _write_lock(str(out), os.getpid())  # this test process: alive
+  before = (out / ".lock").read_text()
+  proc = run_cli([*TINY_ARGS, f"--output_dir={out}"])
+  assert proc.returncode == 2
+  line = _error_line(proc)
+  assert f"{out}/.lock" in line and f"pid {os.getpid()}" in line
+  assert (out / ".lock").read_text() == before  # untouched
+  assert sorted(os.listdir(out)) == [".lock"]  # and nothing else written
+
+
+def test_executor_ray_without_ray_is_one_line(tmp_path):
+  shim = tmp_path / "shim" / "ray"
+  shim.mkdir(parents=True)
+  (shim / "__init__.py").write_text("raise ImportError('no ray here')\n")
+  env = dict(os.environ, PYTHONPATH=f"{shim.parent}{os.pathsep}{REPO}")
+  proc = subprocess.run([sys.executable, "-m", "lth_tf.main", "--model=lenet300_100",
+                         "--executor=ray", f"--output_dir={tmp_path}/x"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert _error_line(proc) == ("lth_tf: error: --executor=ray needs Ray: "
+                               "pip install 'lth-tf[ray]'")
+  assert not (tmp_path / "x").exists()
+
+
+# ---- (b), (d) Ray against the local loop on real Fashion-MNIST --------------------------------
+
+ARGS = [*TINY_ARGS, "--trials=2", "--controls=reinit", "--threads=1"]
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+  out = tmp_path_factory.mktemp("local") / "exp"
+  start = time.perf_counter()
+  proc = run_cli([*ARGS, "--executor=local", f"--output_dir={out}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, time.perf_counter() - start
+
+
+def _descendants(pid):
+  children = {}
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+      except (OSError, IndexError, ValueError):
+        continue
+      children.setdefault(ppid, []).append(int(entry))
+  out, todo = [], [pid]
+  while todo:
+    for child in children.get(todo.pop(), []):
+      out.append(child)
+      todo.append(child)
+  return out
+
+
+def _cmdline(pid):
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      return f.read().replace(b"\0", b" ").decode(errors="replace")
+  except OSError:
+    return ""
+
+
+@needs_fashion
+@needs_ray
+def test_ray_resumes_a_local_run_survives_killed_workers_and_equals_local_byte_for_byte(
+    local_reference, tmp_path):
+  """One Ray run (a local Ray of os.cpu_count() CPUs, 1 per stage) that resumes a local run
+  interrupted after its first stage, has a worker SIGKILLed mid-stage (Ray reruns the task,
+  which resumes from the stage's checkpoint), and ends with the local run's results.csv."""
+  ref, local_seconds = local_reference
+  out, log = tmp_path / "ray", tmp_path / "log"
+  shutil.copytree(ref / "ticket" / "trial_0", out / "ticket" / "trial_0",
+                  ignore=shutil.ignore_patterns("round_1"))  # the local run's first stage
+  shutil.copy(ref / "flags.cfg", out / "flags.cfg")
+  env = dict(os.environ, PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
+  start = time.perf_counter()
+  with open(log, "w") as f:  # --checkpoint_every does not change results
+    proc = subprocess.Popen([sys.executable, "-m", "lth_tf.main", *ARGS, "--checkpoint_every=100",
+                             "--executor=ray", f"--output_dir={out}"],
+                            cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+  stage = out / "ticket" / "trial_1" / "round_0"
+  killed = []
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not killed:
+      # the worker training the stage, from its log lines, once the stage has a checkpoint
+      worker = re.search(r"\(run_stage_task pid=(\d+)\).*\[ticket trial 1 round 0\]", log.read_text())
+      if (worker and list((stage / "checkpoint").glob("ckpt-*.index"))
+          and not (stage / "metrics.json").exists()):
+        pid = int(worker.group(1))
+        assert pid in _descendants(proc.pid)  # our driver's own Ray
+        assert _cmdline(pid).startswith("ray::run_stage_task")
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+      time.sleep(0.02)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  ray_seconds = time.perf_counter() - start
+  print(f"\n2 trials x 3 stages: local {local_seconds:.1f} s; ray {ray_seconds:.1f} s "
+        f"(5 stages, a worker killed and its stage rerun)")
+  text = log.read_text()
+  assert killed, text[-3000:]
+  assert "ray: 1 of 6 stages already finished" in text
+  assert "[ticket trial 1 round 0] resuming from iteration 100" in text
+  assert "ray: 6/6 stages done, 0 running, 0 waiting" in text
+  assert "Traceback" not in text
+  assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
+  for arm, t, r in [("ticket", 1, 0), ("ticket", 1, 1), ("reinit", 1, 1)]:
+    a = artifacts.read_weights(f"{experiment.stage_dir(str(ref), arm, t, r)}/weights.npz")
+    b = artifacts.read_weights(f"{experiment.stage_dir(str(out), arm, t, r)}/weights.npz")
+    for n in a:
+      np.testing.assert_array_equal(a[n][0], b[n][0])
+  assert (out / "plots" / "test_accuracy.png").exists()
+  assert (out / "tensorboard" / "summary").exists()
+  assert (out / "reinit" / "trial_1" / "round_1" / "ticket" / "saved_model.pb").exists()
+  assert not (out / ".lock").exists()
