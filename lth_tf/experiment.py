@@ -32,18 +32,41 @@ PRUNING = ("layerwise", "global", "snip", "grasp", "synflow", "early_bird")
 AT_INIT = ("snip", "grasp", "synflow")
 REWIND = ("init", "iteration", "none")
 
-# Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
-PAPER = {
-    "lenet300_100": dict(dataset="mnist", iterations=50000, learning_rate=1.2e-3,
-                         prune_rate_conv=0.0, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv2": dict(dataset="cifar10", iterations=20000, learning_rate=2e-4,
-                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv4": dict(dataset="cifar10", iterations=25000, learning_rate=3e-4,
-                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv6": dict(dataset="cifar10", iterations=30000, learning_rate=3e-4,
-                  prune_rate_conv=0.15, prune_rate_fc=0.2, prune_rate_output=0.1),
-}
 PAPER_BATCH_SIZE = 60
+# Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
+# The output layer is pruned at half the fc rate (resolved by lth_tf.main from --prune_rate_fc).
+_ADAM = dict(batch_size=PAPER_BATCH_SIZE, optimizer="adam", warmup_iterations=0, lr_drops=(),
+             weight_decay=0.0, pruning="layerwise", initializer="glorot_normal")
+# The deeper networks as the follow-ups train them: Frankle, Dziugaite, Roy & Carbin, "Linear
+# Mode Connectivity and the Lottery Ticket Hypothesis" (ICML 2020), Table 1 (ResNet-20; its
+# VGG-16 has the same schedule), which is open_lth's cifar_resnet/cifar_vgg defaults: batch
+# 128, SGD with momentum 0.9, rate 0.1 dropped 10x at 32K and 48K of 63K iterations (80 and
+# 120 of 160 epochs), weight decay 1e-4, He-normal (kaiming) kernels, IMP with one global
+# threshold removing 20% of the conv weights per round. VGG-19 warms up linearly over the first
+# 10K iterations: at rate 0.1 it finds no winning tickets without (Frankle & Carbin 2019, Sec.
+# 5; Frankle et al., "Stabilizing the Lottery Ticket Hypothesis", 2019). The output layer is not
+# pruned (Frankle & Carbin 2019, Fig. 2: "conv 20%, fc 0%"; open_lth ignores VGG's fc.weight).
+_SGD = dict(dataset="cifar10", batch_size=128, optimizer="sgd", learning_rate=0.1,
+            iterations=63000, lr_drops=(32000, 48000), weight_decay=1e-4, pruning="global",
+            prune_rate_conv=0.2, prune_rate_fc=0.2, prune_rate_output=0.0, initializer="he_normal")
+PAPER = {
+    "lenet300_100": dict(_ADAM, dataset="mnist", iterations=50000, learning_rate=1.2e-3,
+                         prune_rate_conv=0.0, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv2": dict(_ADAM, dataset="cifar10", iterations=20000, learning_rate=2e-4,
+                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv4": dict(_ADAM, dataset="cifar10", iterations=25000, learning_rate=3e-4,
+                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv6": dict(_ADAM, dataset="cifar10", iterations=30000, learning_rate=3e-4,
+                  prune_rate_conv=0.15, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "resnet20": dict(_SGD, warmup_iterations=0),
+    "vgg19": dict(_SGD, warmup_iterations=10000),
+}
+
+
+def paper_output_rate(model, prune_rate_fc):
+  """The output layer's default rate: half the fc rate (Frankle & Carbin), or 0 for the deeper
+  networks, whose papers leave their one dense layer unpruned."""
+  return prune_rate_fc / 2 if PAPER[model]["prune_rate_output"] else 0.0
 
 
 class ConfigError(ValueError):
@@ -84,6 +107,12 @@ class Config:
   synflow_iterations: int = 100
   eb_epsilon: float = 0.1  # early_bird: max normalised Hamming distance within the window
   eb_window: int = 5
+  optimizer: str = "adam"
+  momentum: float = 0.9  # sgd only
+  warmup_iterations: int = 0  # linear warmup of the learning rate from 0
+  lr_drops: tuple = ()  # iterations at which the learning rate is multiplied by lr_drop_factor
+  lr_drop_factor: float = 0.1
+  weight_decay: float = 0.0  # L2 on kernels
 
   def validate(self):
     """Raises ConfigError for the first bad setting found."""
@@ -95,6 +124,9 @@ class Config:
                         f"{', '.join(data.SHAPES)}")
     if self.model.startswith("conv") and data.SHAPES[self.dataset][0] % 8:
       raise ConfigError(f"--model={self.model} does not fit --dataset={self.dataset}")
+    if self.model in models.VGG and data.SHAPES[self.dataset][0] % 16:
+      raise ConfigError(f"--model={self.model} needs images a multiple of 16 pixels wide; "
+                        f"use --dataset=cifar10")
     for name in ("prune_rate_conv", "prune_rate_fc", "prune_rate_output"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ConfigError(f"--{name}={getattr(self, name)} is outside [0, 1); "
@@ -134,6 +166,22 @@ class Config:
     if self.one_shot and self.rewind == "none":
       raise ConfigError("--one_shot with --rewind=none has no previous round to fine-tune; "
                         "use --rewind=init or iteration")
+    if self.optimizer not in training.OPTIMIZERS:
+      raise ConfigError(f"--optimizer={self.optimizer} is unknown; use one of "
+                        f"{', '.join(training.OPTIMIZERS)}")
+    if not 0.0 <= self.momentum < 1.0:
+      raise ConfigError(f"--momentum={self.momentum} is outside [0, 1); pass e.g. 0.9")
+    if self.warmup_iterations < 0:
+      raise ConfigError(f"--warmup_iterations={self.warmup_iterations} is negative; pass 0 "
+                        f"(no warmup) or more")
+    if any(d <= 0 for d in self.lr_drops) or list(self.lr_drops) != sorted(set(self.lr_drops)):
+      raise ConfigError(f"--lr_drops={','.join(map(str, self.lr_drops))} must be increasing "
+                        f"positive iterations, e.g. --lr_drops=32000,48000 (or empty)")
+    if not 0.0 < self.lr_drop_factor <= 1.0:
+      raise ConfigError(f"--lr_drop_factor={self.lr_drop_factor} is outside (0, 1]; pass e.g. "
+                        f"0.1")
+    if not self.weight_decay >= 0.0:
+      raise ConfigError(f"--weight_decay={self.weight_decay} is negative; pass 0 or e.g. 1e-4")
     if self.initializer not in models.INITIALIZERS:
       raise ConfigError(f"--initializer={self.initializer} is unknown; use one of "
                         f"{', '.join(models.INITIALIZERS)}")
@@ -240,6 +288,14 @@ def layer_rates(cfg, model):
   return {name: by_kind[models.layer_kind(w.layer)] for name, w in ticket.wrappers(model).items()}
 
 
+def make_trainer(cfg, model, jit_compile=True):
+  """A training.Trainer for ``model`` with ``cfg``'s optimizer, schedule and weight decay."""
+  return training.Trainer(
+      model, cfg.learning_rate, jit_compile, optimizer=cfg.optimizer, momentum=cfg.momentum,
+      warmup_iterations=cfg.warmup_iterations, lr_drops=cfg.lr_drops,
+      lr_drop_factor=cfg.lr_drop_factor, weight_decay=cfg.weight_decay)
+
+
 def collect_rows(cfg, output_dir):
   """results.csv rows for every finished stage of ``cfg``, from the stages' metrics.json."""
   rows = []
@@ -275,7 +331,7 @@ class _Run:
     self.checkpoint_every = checkpoint_every
     self.shape = splits.train_x.shape[1:]
     self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
-    self.trainer = training.Trainer(self.model, cfg.learning_rate, jit_compile)
+    self.trainer = make_trainer(cfg, self.model, jit_compile)
     self.exporter = export_lib.TicketExporter(self.model) if export else None
     self.train = training.Split.of(splits.train_x, splits.train_y)
     self.val = training.Split.of(splits.val_x, splits.val_y)

@@ -16,28 +16,45 @@ FLAGS = flags.FLAGS
 # Names are plain strings checked by Config.validate, so a typo gets our one-line error.
 flags.DEFINE_string("model", None, f"Network to prune: {', '.join(models.ARCHITECTURES)}.")
 flags.DEFINE_string("dataset", None, f"Dataset: {', '.join(data.SHAPES)} (default: the "
-                    "model's paper dataset: mnist for lenet300_100, cifar10 for conv2/4/6).")
+                    "model's paper dataset: mnist for lenet300_100, cifar10 for the others).")
 flags.DEFINE_integer("rounds", 10, "Pruning rounds after the dense round 0; --rounds=10 trains "
                      "11 networks per arm and trial.")
 flags.DEFINE_integer("iterations", None, "Training iterations per round (default: the paper's).")
-flags.DEFINE_integer("batch_size", None, "Batch size (default: the paper's, 60).")
-flags.DEFINE_float("learning_rate", None, "Adam learning rate (default: the paper's).")
+flags.DEFINE_integer("batch_size", None, "Batch size (default: the paper's: 60; 128 for "
+                     "vgg19/resnet20).")
+flags.DEFINE_float("learning_rate", None, "Learning rate (default: the paper's), the peak of "
+                   "the schedule set by --warmup_iterations and --lr_drops.")
+flags.DEFINE_string("optimizer", None, "adam or sgd (with --momentum) (default: the paper's: "
+                    "adam for lenet300_100 and conv2/4/6, sgd for vgg19 and resnet20).")
+flags.DEFINE_float("momentum", 0.9, "--optimizer=sgd: heavy-ball momentum (PyTorch's form).")
+flags.DEFINE_integer("warmup_iterations", None, "Learning rate rises linearly from 0 over this "
+                     "many iterations of each round (default: the paper's: 10000 for vgg19, "
+                     "else 0).")
+flags.DEFINE_list("lr_drops", None, "Iterations of each round at which the learning rate is "
+                  "multiplied by --lr_drop_factor (default: the paper's: 32000,48000 for vgg19 "
+                  "and resnet20, else none).")
+flags.DEFINE_float("lr_drop_factor", 0.1, "Factor applied at each of --lr_drops.")
+flags.DEFINE_float("weight_decay", None, "L2 weight decay on conv and dense kernels, added to "
+                   "their gradients as weight_decay·W (default: the paper's: 1e-4 for vgg19 "
+                   "and resnet20, else 0).")
 flags.DEFINE_integer("eval_every", 100, "Evaluate the validation set every this many iterations.")
 flags.DEFINE_float("prune_rate_conv", None, "Fraction of surviving conv weights pruned per round.")
 flags.DEFINE_float("prune_rate_fc", None, "Fraction of surviving fc weights pruned per round.")
-flags.DEFINE_float("prune_rate_output", None, "Output layer rate (default: half the fc rate).")
+flags.DEFINE_float("prune_rate_output", None, "Output layer rate (default: half the fc rate; "
+                   "0 for vgg19/resnet20).")
 flags.DEFINE_list("controls", ["reinit"], "Control arms, comma list of: "
                   f"{', '.join(experiment.CONTROLS)}; empty for tickets only.")
 flags.DEFINE_integer("trials", 1, "Independent repetitions, each with its own θ0.")
 flags.DEFINE_bool("same_init", False, "Every trial starts from the same θ0 (trial 0's); only "
                   "the data order differs between trials.")
 flags.DEFINE_integer("seed", 0, "Base seed; every trial, arm and round derives its own from it.")
-flags.DEFINE_string("initializer", "glorot_normal",
-                    f"Kernel initializer: {', '.join(models.INITIALIZERS)}.")
+flags.DEFINE_string("initializer", None, f"Kernel initializer: {', '.join(models.INITIALIZERS)} "
+                    "(default: the paper's: glorot_normal; he_normal for vgg19/resnet20).")
 flags.DEFINE_float("init_scale", 0.05, "Standard deviation for --initializer=truncated_normal.")
-flags.DEFINE_string("pruning", "layerwise", "How masks are found: layerwise (IMP, the paper: "
+flags.DEFINE_string("pruning", None, "How masks are found: layerwise (IMP, the paper: "
                     "each layer at its own rate; 'imp' is the same), global (IMP with one "
-                    "threshold at --prune_rate), snip, grasp, synflow (at θ0), early_bird.")
+                    "threshold at --prune_rate), snip, grasp, synflow (at θ0), early_bird "
+                    "(default: the paper's: layerwise; global for vgg19/resnet20).")
 flags.DEFINE_integer("score_batches", 1, "snip/grasp: batches scored at θ0.")
 flags.DEFINE_integer("synflow_iterations", 100, "synflow: pruning iterations per mask.")
 flags.DEFINE_float("eb_epsilon", 0.1, "early_bird: mask distance below which it has settled.")
@@ -85,7 +102,8 @@ RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learn
                 "trials", "seed", "initializer", "init_scale", "test_curve", "pruning", "prune_rate",
                 "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init",
                 "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
-                "deterministic", "xla")
+                "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
+                "lr_drop_factor", "weight_decay")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 
 
@@ -105,17 +123,25 @@ def resolved_flags(unset=()):
   paper = experiment.PAPER[FLAGS.model]
   values = {name: FLAGS[name].default if name in unset else FLAGS[name].value
             for name in RESULT_FLAGS}
-  for name in ("dataset", "iterations", "learning_rate", "prune_rate_conv", "prune_rate_fc"):
+  for name in ("dataset", "iterations", "batch_size", "learning_rate", "prune_rate_conv",
+               "prune_rate_fc", "pruning", "initializer", "optimizer", "warmup_iterations",
+               "weight_decay"):
     if values[name] is None:
       values[name] = paper[name]
-  if values["batch_size"] is None:
-    values["batch_size"] = experiment.PAPER_BATCH_SIZE
+  if values["lr_drops"] is None:
+    values["lr_drops"] = [str(d) for d in paper["lr_drops"]]
+  try:
+    values["lr_drops"] = [str(int(d)) for d in values["lr_drops"] if d]
+  except ValueError:
+    raise UserError(f"--lr_drops={','.join(values['lr_drops'])} is not a list of iterations; "
+                    f"pass e.g. --lr_drops=32000,48000") from None
   if values["pruning"] == "imp":
     values["pruning"] = "layerwise"
   if values["prune_rate"] is None:
     values["prune_rate"] = values["prune_rate_fc"]
   if values["prune_rate_output"] is None:
-    values["prune_rate_output"] = values["prune_rate_fc"] / 2
+    values["prune_rate_output"] = experiment.paper_output_rate(values["model"],
+                                                              values["prune_rate_fc"])
   if values["threads"] == 0:
     values["threads"] = os.cpu_count() or 1
   values["controls"] = [c for c in values["controls"] if c]
@@ -125,6 +151,7 @@ def resolved_flags(unset=()):
 def config_from(values):
   fields = {f: values[f] for f in experiment.Config.__dataclass_fields__}
   fields["controls"] = tuple(fields["controls"])
+  fields["lr_drops"] = tuple(int(d) for d in fields["lr_drops"])
   return experiment.Config(**fields)
 
 
@@ -195,6 +222,14 @@ def main(argv):
     if FLAGS.checkpoint_every < 0 or FLAGS.checkpoint_every % cfg.eval_every:
       raise UserError(f"--checkpoint_every={FLAGS.checkpoint_every} must be 0 or a multiple of "
                       f"--eval_every={cfg.eval_every}")
+    late = [d for d in cfg.lr_drops if d >= cfg.iterations]
+    if late:
+      logging.warning("--lr_drops=%s: the drops at %s come at or after --iterations=%d and "
+                      "never happen", ",".join(map(str, cfg.lr_drops)),
+                      ",".join(map(str, late)), cfg.iterations)
+    if cfg.warmup_iterations > cfg.iterations:
+      logging.warning("--warmup_iterations=%d exceeds --iterations=%d: the learning rate never "
+                      "reaches --learning_rate", cfg.warmup_iterations, cfg.iterations)
     output_dir = FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}"
     ray_resources = check_executor(values)
     setup_tensorflow(values)

@@ -1,19 +1,36 @@
-"""The paper's networks as plain tf-keras functional models, built by name.
+"""The paper's networks, and the deeper ones of its follow-ups, as plain tf-keras functional
+models built by name.
 
 Knows no pruning. Every model takes uint8 images as TFDS yields them and scales them to
 [0, 1] in its first layer, so the same model serves training and export. Layers that hold
-weights have fixed names (conv1.., fc1.., output) so that weights and masks can be keyed by
-layer name across models, rounds and files.
+weights have fixed names (conv1.., fc1.., bn1.., output) so that weights and masks can be keyed
+by layer name across models, rounds and files. Only Conv2D and Dense layers get pruned
+(lth_tf.ticket wraps those), so batch norm's γ, β and statistics and all biases never are.
 """
 import tf_keras as keras
 
 # name -> (conv filters with "pool" markers, fully-connected widths); Frankle & Carbin 2019, Fig. 2.
-ARCHITECTURES = {
+PLAIN = {
     "lenet300_100": ((), (300, 100)),
     "conv2": ((64, 64, "pool"), (256, 256)),
     "conv4": ((64, 64, "pool", 128, 128, "pool"), (256, 256)),
     "conv6": ((64, 64, "pool", 128, 128, "pool", 256, 256, "pool"), (256, 256)),
 }
+# CIFAR VGG-19 with batch norm (Frankle et al. 2019/2020 after Liu et al. 2019; open_lth's
+# cifar_vgg_19): 3x3 conv -> BN -> ReLU, 2x2 max-pooling at the markers, then global average
+# pooling (a 2x2 map on 32x32 inputs) and the 10-way output layer; no hidden dense layers.
+VGG = {
+    "vgg19": (64, 64, "pool", 128, 128, "pool", 256, 256, 256, 256, "pool",
+              512, 512, 512, 512, "pool", 512, 512, 512, 512),
+}
+# CIFAR ResNet (He et al. 2016, Sec. 4.2): name -> (filters of the 3 stages, basic blocks per
+# stage); ResNet-20 = 1 + 3·3·2 + 1 weight layers.
+RESNET = {
+    "resnet20": ((16, 32, 64), 3),
+}
+ARCHITECTURES = {**PLAIN, **VGG, **RESNET}  # every model by name
+# Batch norm as PyTorch's (the papers' code): running averages with momentum 0.1, epsilon 1e-5.
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 
 INITIALIZERS = ("glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal",
                 "truncated_normal", "orthogonal")
@@ -32,11 +49,11 @@ def build(name, input_shape, num_classes=10, init="glorot_normal", seed=0, init_
   """Builds model ``name`` with weights drawn from ``init`` seeded by ``seed``.
 
   Each layer gets its own seed (seed * 1000 + layer index) so that layers differ and the
-  whole network is a pure function of (name, shape, init, seed).
+  whole network is a pure function of (name, shape, init, seed). Batch norm starts at γ=1,
+  β=0 (mean 0, variance 1), whatever the seed.
   """
   if name not in ARCHITECTURES:
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-  convs, fcs = ARCHITECTURES[name]
   layer_index = 0
 
   def kernel_init():
@@ -46,6 +63,18 @@ def build(name, input_shape, num_classes=10, init="glorot_normal", seed=0, init_
 
   inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
   h = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
+  if name in VGG:
+    h = _vgg(h, VGG[name], kernel_init)
+  elif name in RESNET:
+    h = _resnet(h, *RESNET[name], kernel_init)
+  else:
+    h = _plain(h, *PLAIN[name], kernel_init)
+  logits = keras.layers.Dense(num_classes, kernel_initializer=kernel_init(), name="output")(h)
+  return keras.Model(inputs, logits, name=name)
+
+
+def _plain(h, convs, fcs, kernel_init):
+  """Frankle & Carbin's LeNet and Conv-2/4/6 up to the output layer."""
   conv_count = 0
   for spec in convs:
     if spec == "pool":
@@ -58,8 +87,56 @@ def build(name, input_shape, num_classes=10, init="glorot_normal", seed=0, init_
   for i, width in enumerate(fcs, start=1):
     h = keras.layers.Dense(width, activation="relu", kernel_initializer=kernel_init(),
                            name=f"fc{i}")(h)
-  logits = keras.layers.Dense(num_classes, kernel_initializer=kernel_init(), name="output")(h)
-  return keras.Model(inputs, logits, name=name)
+  return h
+
+
+def _conv_bn(h, filters, size, stride, name, bn_name, kernel_init, relu=True):
+  """Conv (no bias: batch norm's β is its bias) -> batch norm (-> ReLU)."""
+  h = keras.layers.Conv2D(filters, size, strides=stride, padding="same", use_bias=False,
+                          kernel_initializer=kernel_init(), name=name)(h)
+  h = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                      name=bn_name)(h)
+  return keras.layers.ReLU(name=f"{name}_relu")(h) if relu else h
+
+
+def _vgg(h, plan, kernel_init):
+  """VGG with batch norm: conv1..conv16 (bn1..bn16), pools, global average pooling."""
+  conv_count = 0
+  for spec in plan:
+    if spec == "pool":
+      h = keras.layers.MaxPooling2D(2, name=f"pool{conv_count}")(h)
+    else:
+      conv_count += 1
+      h = _conv_bn(h, spec, 3, 1, f"conv{conv_count}", f"bn{conv_count}", kernel_init)
+  return keras.layers.GlobalAveragePooling2D(name="avg_pool")(h)
+
+
+def _resnet(h, stage_filters, blocks, kernel_init):
+  """CIFAR ResNet with basic blocks (two 3x3 convs) and batch norm.
+
+  Shortcuts are identities, except where a stage halves the map and widens it: there a 1x1
+  stride-2 convolution with batch norm (He et al.'s option B, as in open_lth's cifar_resnet;
+  it holds 2.6K of ResNet-20's 272K weights and is pruned like any conv layer). Option A's
+  parameter-free zero-padding would need raw TF ops, which TF-MOT refuses in a model to wrap.
+  Layers: conv1 (stem), conv2..conv<2n+1> along the blocks, conv<k>_shortcut for the
+  projection beside block conv<k>, then global average pooling.
+  """
+  conv_count = 1
+  h = _conv_bn(h, stage_filters[0], 3, 1, "conv1", "bn1", kernel_init)
+  for stage, filters in enumerate(stage_filters):
+    for block in range(blocks):
+      stride = 2 if stage > 0 and block == 0 else 1
+      first, second = conv_count + 1, conv_count + 2
+      conv_count += 2
+      shortcut = h
+      if stride != 1 or h.shape[-1] != filters:
+        shortcut = _conv_bn(h, filters, 1, stride, f"conv{first}_shortcut",
+                            f"bn{first}_shortcut", kernel_init, relu=False)
+      y = _conv_bn(h, filters, 3, stride, f"conv{first}", f"bn{first}", kernel_init)
+      y = _conv_bn(y, filters, 3, 1, f"conv{second}", f"bn{second}", kernel_init, relu=False)
+      h = keras.layers.Add(name=f"add{second}")([y, shortcut])
+      h = keras.layers.ReLU(name=f"add{second}_relu")(h)
+  return keras.layers.GlobalAveragePooling2D(name="avg_pool")(h)
 
 
 def layer_kind(layer):

@@ -5,7 +5,8 @@ periodic checkpoints from which an interrupted round resumes bit-identically.
 Works on any Keras classifier; knows nothing of pruning or of the experiment loop. Speed is
 the users' budget, so a Trainer compiles one (XLA) function that runs a whole block of steps,
 gathering batches in-graph from the in-memory training set, and one that evaluates a whole
-split; both are traced once and reused by every round (a fresh optimizer is a zeroed one).
+split; both are traced once and reused by every round (a fresh optimizer is a zeroed one,
+and its zeroed iteration counter restarts the learning-rate schedule).
 Keras callbacks get ``on_train_begin``, ``on_epoch_end`` (an "epoch" is one block, ending with
 an evaluation) and ``on_train_end``; there are no per-batch hooks, by design.
 """
@@ -56,16 +57,87 @@ class Split:
     return cls(tf.constant(x), tf.constant(y))
 
 
-class Trainer:
-  """Compiled training and evaluation of one Keras model with Adam and cross-entropy on logits.
+def _kernels(model):
+  """The kernel variables of a model's layers (through wrappers such as TF-MOT's)."""
+  out = []
+  for layer in model.submodules:
+    kernel = getattr(layer, "kernel", None)
+    if isinstance(kernel, tf.Variable) and kernel.trainable and all(kernel is not k for k in out):
+      out.append(kernel)
+  return out
 
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup, then step decay, as a function of the optimizer's iteration counter t.
+
+  lr(t) = rate · min(1, t / warmup) · factor^(number of drops ≤ t), t counted from 0 (the
+  iteration about to be taken). This is open_lth's schedule (Frankle et al. 2020): with
+  warmup, iteration 0 takes no step, and the rate reaches ``rate`` at t = ``warmup``.
+  """
+
+  def __init__(self, rate, warmup=0, drops=(), factor=0.1):
+    self.rate, self.warmup, self.drops, self.factor = rate, int(warmup), tuple(drops), factor
+
+  def __call__(self, step):
+    t = tf.cast(step, tf.float32)
+    lr = tf.constant(self.rate, tf.float32)
+    if self.warmup:
+      lr *= tf.minimum(1.0, t / float(self.warmup))
+    for drop in self.drops:
+      lr *= tf.where(t >= float(drop), tf.constant(self.factor, tf.float32), 1.0)
+    return lr
+
+  def get_config(self):
+    return dict(rate=self.rate, warmup=self.warmup, drops=list(self.drops), factor=self.factor)
+
+
+class MomentumSGD(keras.optimizers.SGD):
+  """SGD with heavy-ball momentum as PyTorch (and so the papers' code) computes it.
+
+  v ← μ·v + g; w ← w − lr·v. Keras' SGD folds the rate into the velocity (v ← μ·v − lr·g),
+  which differs whenever the rate changes: during warmup and after each drop.
+  """
+
+  def update_step(self, gradient, variable):
+    lr = tf.cast(self.learning_rate, variable.dtype)
+    v = self.momentums[self._index_dict[self._var_key(variable)]]
+    v.assign(tf.cast(self.momentum, variable.dtype) * v + gradient)
+    variable.assign_sub(lr * v)
+
+
+class Trainer:
+  """Compiled training and evaluation of one Keras model with cross-entropy on logits.
+
+  The optimizer is Adam (the paper's) or SGD with momentum, at ``learning_rate`` with optional
+  linear warmup over ``warmup_iterations`` and a drop by ``lr_drop_factor`` at each of
+  ``lr_drops`` (iterations of the round), and optional weight decay: L2 on the kernels of the
+  model's layers (not biases or batch norm), added to their gradients as ``weight_decay``·W.
   Build one per model and reuse it: its functions are traced once per input shape.
   """
 
-  def __init__(self, model, learning_rate, jit_compile=True, eval_chunk=1000):
+  def __init__(self, model, learning_rate, jit_compile=True, eval_chunk=1000, optimizer="adam",
+               momentum=0.9, warmup_iterations=0, lr_drops=(), lr_drop_factor=0.1,
+               weight_decay=0.0):
+    if optimizer not in OPTIMIZERS:
+      raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     self.model = model
-    self.optimizer = keras.optimizers.Adam(learning_rate)
+    # A constant rate stays a plain float (the paper's Adam exactly as before); otherwise the
+    # optimizer evaluates the schedule at its own iteration counter inside the compiled step.
+    self.schedule = WarmupStepDecay(learning_rate, warmup_iterations, lr_drops, lr_drop_factor)
+    rate = self.schedule if warmup_iterations or lr_drops else learning_rate
+    self.optimizer = (keras.optimizers.Adam(rate) if optimizer == "adam"
+                      else MomentumSGD(rate, momentum=momentum))
     self.optimizer.build(model.trainable_variables)  # slots exist before any restore or reset
+    self.weight_decay = float(weight_decay)
+    kernels = {id(k) for k in _kernels(model)}
+    self._decayed = [id(v) in kernels for v in model.trainable_variables]
+    # What a model "is" at an iteration: its trainable weights and batch norm's statistics.
+    self.state_variables = list(model.trainable_variables) + [
+        v for layer in model.submodules if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)]
     self.eval_chunk = eval_chunk
     self._loss = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=keras.losses.Reduction.SUM)
@@ -73,9 +145,17 @@ class Trainer:
     self._evaluate = tf.function(self._evaluate_fn, jit_compile=jit_compile)
 
   def reset_optimizer(self):
-    """Makes the optimizer fresh (step 0, zero moments) without retracing anything."""
+    """Makes the optimizer fresh (step 0, zero moments) without retracing anything.
+
+    Zeroing the iteration counter also restarts the learning-rate schedule.
+    """
     for v in self.optimizer.variables:
       v.assign(tf.zeros_like(v))
+
+  def learning_rate(self, iteration=None):
+    """The rate the optimizer takes its step at ``iteration`` (default: the next one)."""
+    step = self.optimizer.iterations if iteration is None else iteration
+    return float(self.schedule(step))
 
   def _train_block_fn(self, x, y, block):
     variables = self.model.trainable_variables
@@ -85,7 +165,11 @@ class Trainer:
       with tf.GradientTape() as tape:
         logits = self.model(xb, training=True)
         loss = self._loss(yb, logits) / tf.cast(tf.shape(yb)[0], tf.float32)
-      self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+      grads = tape.gradient(loss, variables)
+      if self.weight_decay:
+        grads = [g + self.weight_decay * v if decayed else g
+                 for g, v, decayed in zip(grads, variables, self._decayed)]
+      self.optimizer.apply_gradients(zip(grads, variables))
       total_loss += loss
       correct += tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), yb), tf.float32))
     n = tf.cast(tf.shape(block)[0], tf.float32)
@@ -207,7 +291,7 @@ def train_round(trainer, train, table, val, test, eval_every, callbacks=(), chec
       logging.warning("%s diverged at iteration %d (loss %s)", label, progress.iteration, loss)
     elif progress.best is None or val_loss < progress.best["val_loss"]:
       progress.best_index = len(progress.curve) - 1
-      best_weights = [v.numpy() for v in model.trainable_variables]
+      best_weights = [v.numpy() for v in trainer.state_variables]
     if len(progress.curve) % log_every == 0 or progress.iteration == iterations:
       logging.info("%s iteration %d/%d loss %.4f val_loss %.4f val_accuracy %.4f", label,
                    progress.iteration, iterations, loss, val_loss, val_accuracy)
@@ -216,17 +300,17 @@ def train_round(trainer, train, table, val, test, eval_every, callbacks=(), chec
         and progress.iteration % checkpoint_every == 0 and progress.iteration < iterations):
       checkpoint.save(progress, best_weights)
   callbacks.on_train_end()
-  final_weights = [v.numpy() for v in model.trainable_variables]
+  final_weights = [v.numpy() for v in trainer.state_variables]
   final_test = trainer.evaluate(test.x, test.y)[1]
   best = progress.best
   if best is None:  # diverged before the first finite validation loss
     es = dict(iteration=-1, val_loss=math.nan, val_accuracy=math.nan, test=math.nan)
   else:
-    for v, w in zip(model.trainable_variables, best_weights):
+    for v, w in zip(trainer.state_variables, best_weights):
       v.assign(w)
     es = dict(iteration=best["iteration"], val_loss=best["val_loss"],
               val_accuracy=best["val_accuracy"], test=trainer.evaluate(test.x, test.y)[1])
-    for v, w in zip(model.trainable_variables, final_weights):
+    for v, w in zip(trainer.state_variables, final_weights):
       v.assign(w)
   return RoundResult(
       curve=progress.curve, early_stop_iteration=es["iteration"],

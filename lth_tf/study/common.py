@@ -33,6 +33,8 @@ def config_from_flags(values):
     text = values[f.name]
     if f.type is bool:
       fields[f.name] = parse_bool(text)
+    elif f.name == "lr_drops":
+      fields[f.name] = tuple(int(c) for c in text.split(",") if c)
     elif f.type is tuple:
       fields[f.name] = tuple(c for c in text.split(",") if c)
     else:

@@ -111,7 +111,7 @@ def compute(exp, splits, round_, iterations=None, points=30, subset=5000, bins=3
                      f"(pass a finished round >= 1)")
   iterations = iterations or cfg.iterations
   model = ticket.wrap(models.build(cfg.model, splits.train_x.shape[1:], init=cfg.initializer))
-  trainer = training.Trainer(model, cfg.learning_rate)
+  trainer = experiment.make_trainer(cfg, model)
   train = training.Split.of(splits.train_x, splits.train_y)
   pick = np.random.default_rng(experiment.derive_seed(cfg.seed, "infoplane")).choice(
       len(splits.train_x), min(subset, len(splits.train_x)), replace=False)
