@@ -13,6 +13,10 @@ at the same ``--threads``: every seed derives from (seed, trial, arm, round), ne
 order or the process stages run in.
 
 Ray is optional (``pip install 'lth-tf[ray]'``); this module imports it only in ``run_ray``.
+
+A Job carries ``--strategy`` and ``--cpu_devices``: with ``mirrored`` each task trains its
+stage on the devices it reserves (``--ray_gpus_per_task``, or logical CPUs). ``lth_tf.main``
+refuses ``multi_worker_mirrored`` with Ray: one training across TF_CONFIG workers is not a task.
 """
 import dataclasses
 import os
@@ -21,7 +25,7 @@ import socket
 from absl import logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import artifacts, data, experiment
+from lth_tf import artifacts, data, distribute, experiment
 
 # Ray re-runs a task whose worker process died (not one that raised) this many times; the
 # rerun resumes the stage from its last checkpoint.
@@ -54,6 +58,8 @@ class Job:
   logdir: str = None
   threads: int = 1
   deterministic: bool = True
+  strategy: str = "default"  # tf.distribute strategy of every stage (lth_tf.distribute)
+  cpu_devices: int = 0
 
 
 def _absolute(path):
@@ -88,7 +94,8 @@ def run_stage_task(job, stage):
   The worker keeps the data and the compiled model between the stages it runs.
   """
   logging.set_verbosity(logging.INFO)
-  experiment.setup_tensorflow(job.threads, job.cfg.seed, job.deterministic)
+  strategy = experiment.setup_tensorflow(job.threads, job.cfg.seed, job.deterministic,
+                                         job.cpu_devices, job.strategy)
   data_key = (job.cfg.dataset, job.cfg.seed, job.data_dir, job.manual_dir)
   if _WORKER.get("data_key") != data_key:
     _WORKER.clear()
@@ -98,7 +105,7 @@ def run_stage_task(job, stage):
   if _WORKER.get("job") != job:
     _WORKER["job"], _WORKER["run"] = job, experiment._StageRun(
         job.cfg.validate(), job.output_dir, splits, job.checkpoint_every, job.jit_compile, (),
-        job.export, job.logdir)
+        job.export, job.logdir, strategy)
   metrics = experiment.run_stage(job.cfg, job.output_dir, splits, stage, run_=_WORKER["run"])
   return {k: metrics[k] for k in (*artifacts.RESULT_COLUMNS, "seconds")}
 
@@ -109,7 +116,8 @@ def run_local(job, splits, on_divergence="continue", callbacks=()):
   """Every stage in this process, in ``experiment.stage_order``: experiment.run."""
   return experiment.run(job.cfg, job.output_dir, splits, checkpoint_every=job.checkpoint_every,
                         jit_compile=job.jit_compile, callbacks=callbacks,
-                        on_divergence=on_divergence, export=job.export, logdir=job.logdir)
+                        on_divergence=on_divergence, export=job.export, logdir=job.logdir,
+                        strategy=distribute.get(job.strategy))
 
 
 def _error_line(e):

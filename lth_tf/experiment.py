@@ -15,6 +15,7 @@ Output layout under ``output_dir``::
   <arm>/trial_<t>/round_<r>/metrics.json the results.csv row, per-layer sparsity, the curve
   <arm>/trial_<t>/round_<r>/ticket/      the trained ticket as a SavedModel (with export)
 """
+import contextlib
 import dataclasses
 import zlib
 
@@ -22,7 +23,7 @@ import numpy as np
 import tf_keras as keras
 from absl import logging
 
-from lth_tf import artifacts, data, masks, models, pruning, summaries, ticket, training
+from lth_tf import artifacts, data, distribute, masks, models, pruning, summaries, ticket, training
 from lth_tf import export as export_lib
 
 CONTROLS = ("reinit", "random_prune", "sign_constant")
@@ -46,17 +47,20 @@ _ADAM = dict(batch_size=PAPER_BATCH_SIZE, optimizer="adam", warmup_iterations=0,
 # 10K iterations: at rate 0.1 it finds no winning tickets without (Frankle & Carbin 2019, Sec.
 # 5; Frankle et al., "Stabilizing the Lottery Ticket Hypothesis", 2019). The output layer is not
 # pruned (Frankle & Carbin 2019, Fig. 2: "conv 20%, fc 0%"; open_lth ignores VGG's fc.weight).
-_SGD = dict(dataset="cifar10", batch_size=128, optimizer="sgd", learning_rate=0.1,
+_SGD = dict(xla=False, dataset="cifar10", batch_size=128, optimizer="sgd", learning_rate=0.1,
             iterations=63000, lr_drops=(32000, 48000), weight_decay=1e-4, pruning="global",
             prune_rate_conv=0.2, prune_rate_fc=0.2, prune_rate_output=0.0, initializer="he_normal")
+# xla: whether training compiles with XLA by default. On CPU, XLA compiles Conv2D training poorly
+# (a Conv-2 block of 10 iterations had not finished compiling after 6 minutes here, and with
+# op determinism it refuses MaxPool's gradient), so only the dense LeNet uses it by default.
 PAPER = {
-    "lenet300_100": dict(_ADAM, dataset="mnist", iterations=50000, learning_rate=1.2e-3,
+    "lenet300_100": dict(_ADAM, xla=True, dataset="mnist", iterations=50000, learning_rate=1.2e-3,
                          prune_rate_conv=0.0, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv2": dict(_ADAM, dataset="cifar10", iterations=20000, learning_rate=2e-4,
+    "conv2": dict(_ADAM, xla=False, dataset="cifar10", iterations=20000, learning_rate=2e-4,
                   prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv4": dict(_ADAM, dataset="cifar10", iterations=25000, learning_rate=3e-4,
+    "conv4": dict(_ADAM, xla=False, dataset="cifar10", iterations=25000, learning_rate=3e-4,
                   prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv6": dict(_ADAM, dataset="cifar10", iterations=30000, learning_rate=3e-4,
+    "conv6": dict(_ADAM, xla=False, dataset="cifar10", iterations=30000, learning_rate=3e-4,
                   prune_rate_conv=0.15, prune_rate_fc=0.2, prune_rate_output=0.1),
     "resnet20": dict(_SGD, warmup_iterations=0),
     "vgg19": dict(_SGD, warmup_iterations=10000),
@@ -244,20 +248,36 @@ def stage_order(cfg):
   return check_order(cfg.stages(), dependencies(cfg))
 
 
-def setup_tensorflow(threads, seed, deterministic):
-  """Intra-op threads, seeds and op determinism, before the process runs any TF op.
+def setup_tensorflow(threads, seed, deterministic, cpu_devices=0, strategy="default"):
+  """Logical CPU devices, intra-op threads, the tf.distribute strategy, seeds and op
+  determinism, before the process runs any TF op; returns the strategy (None for default).
 
-  lth_tf.main calls it once; a Ray worker calls it before each stage (the thread count can
-  only be set before TensorFlow initialises, so a worker reused at the same count skips it).
+  lth_tf.main calls it once; a Ray worker calls it before each stage (the thread count and
+  the CPU split can only be set before TensorFlow initialises, so a worker reused at the same
+  values skips them). A multi-worker strategy is created here, before any op runs, as it must.
   """
   import tensorflow as tf
   import tf_keras
 
-  if tf.config.threading.get_intra_op_parallelism_threads() != threads:
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
+  try:
+    distribute.split_cpu(cpu_devices)
+    if tf.config.threading.get_intra_op_parallelism_threads() != threads:
+      tf.config.threading.set_intra_op_parallelism_threads(threads)
+    strategy_ = distribute.get(strategy)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   tf_keras.utils.set_random_seed(seed)
   if deterministic:
     tf.config.experimental.enable_op_determinism()
+  return strategy_
+
+
+def check_strategy(cfg, strategy):
+  """--batch_size is the global batch: it must split evenly over the strategy's replicas."""
+  replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+  if cfg.batch_size % replicas:
+    raise ConfigError(f"--batch_size={cfg.batch_size} (the global batch) does not split over "
+                      f"the {replicas} replicas of the strategy; pass a multiple of {replicas}")
 
 def derive_seed(*parts):
   """A 31-bit seed that is a pure function of ``parts`` (ints and strings)."""
@@ -288,10 +308,12 @@ def layer_rates(cfg, model):
   return {name: by_kind[models.layer_kind(w.layer)] for name, w in ticket.wrappers(model).items()}
 
 
-def make_trainer(cfg, model, jit_compile=True):
-  """A training.Trainer for ``model`` with ``cfg``'s optimizer, schedule and weight decay."""
-  return training.Trainer(
-      model, cfg.learning_rate, jit_compile, optimizer=cfg.optimizer, momentum=cfg.momentum,
+def make_trainer(cfg, model, jit_compile=True, strategy=None):
+  """A trainer for ``model`` with ``cfg``'s optimizer, schedule and weight decay: a
+  training.Trainer, or under a tf.distribute ``strategy`` a distribute.DistributedTrainer."""
+  return distribute.trainer(
+      strategy, model, cfg.learning_rate, jit_compile, optimizer=cfg.optimizer,
+      momentum=cfg.momentum,
       warmup_iterations=cfg.warmup_iterations, lr_drops=cfg.lr_drops,
       lr_drop_factor=cfg.lr_drop_factor, weight_decay=cfg.weight_decay)
 
@@ -321,17 +343,27 @@ def write_results(cfg, output_dir, logdir=None):
   return rows
 
 class _Run:
-  """One experiment's shared state: the compiled model reused by every stage, and the data."""
+  """One experiment's shared state: the compiled model reused by every stage, and the data.
+
+  With a tf.distribute ``strategy`` the model, its TF-MOT wrappers and the optimizer are
+  created in ``strategy.scope()``, and every write to them (masks, start weights, training,
+  restoring) happens in it, so every replica holds the same values. Temporary models (fresh
+  weights, scoring at θ0) are built outside it, as plain variables.
+  """
 
   def __init__(self, cfg, output_dir, splits, checkpoint_every, jit_compile, callbacks, export,
-               logdir):
+               logdir, strategy=None):
+    check_strategy(cfg, strategy)
     self.cfg, self.out, self.splits = cfg, output_dir, splits
+    self.strategy = strategy
     self.callbacks = list(callbacks)
     self.logdir = logdir
     self.checkpoint_every = checkpoint_every
     self.shape = splits.train_x.shape[1:]
-    self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
-    self.trainer = make_trainer(cfg, self.model, jit_compile)
+    with self.scope():
+      self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
+      self.trainer = make_trainer(cfg, self.model, jit_compile, strategy)
+    # Its own variables (mask, θ0⊙mask) are plain: written from numpy, read only to save.
     self.exporter = export_lib.TicketExporter(self.model) if export else None
     self.train = training.Split.of(splits.train_x, splits.train_y)
     self.val = training.Split.of(splits.val_x, splits.val_y)
@@ -340,6 +372,10 @@ class _Run:
     self.sizes = {n: k.size for n, k in ticket.get_kernels(self.model).items()}
     self.output_layer = next(n for n, w in ticket.wrappers(self.model).items()
                              if models.layer_kind(w.layer) == "output")
+
+  def scope(self):
+    """The strategy's scope, or no context for the default strategy."""
+    return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
   def fresh_weights(self, seed):
     return ticket.get_weights(models.build(self.cfg.model, self.shape, init=self.cfg.initializer,
@@ -372,7 +408,8 @@ class _Run:
     """
     cfg = self.cfg
     if arm in ("ticket", "random_prune") and round_ > 0 and cfg.rewind != "none":
-      rewinder.rewind(self.model, mask)  # θ0, or θ_k with late resetting
+      with self.scope():
+        rewinder.rewind(self.model, mask)  # θ0, or θ_k with late resetting
       return rewinder.weights, self.theta0_seed(trial)
     if arm == "sign_constant":  # θ's signs, each layer's std as the one magnitude
       seed = self.theta0_seed(trial)
@@ -388,8 +425,9 @@ class _Run:
       seed = self.theta0_seed(trial)
       init = artifacts.read_weights(
           f"{stage_dir(self.out, 'ticket', trial, round_ - 1)}/weights.npz")
-    ticket.set_masks(self.model, mask)
-    ticket.set_weights(self.model, init)
+    with self.scope():
+      ticket.set_masks(self.model, mask)
+      ticket.set_weights(self.model, init)
     return init, seed
 
   def theta0_seed(self, trial):
@@ -440,15 +478,18 @@ class _Run:
     """SNIP / GraSP / SynFlow mask at θ0 for round ``round_``'s targets."""
     from lth_tf import saliency
     cfg = self.cfg
-    ticket.set_masks(self.model, masks.ones_like(ticket.get_kernels(self.model)))
-    ticket.set_weights(self.model, self.theta0(trial))
+    # Scored on one device: under a strategy, on a plain copy (no replicas needed to score).
+    model = self.model if self.strategy is None else ticket.wrap(
+        models.build(cfg.model, self.shape, init=cfg.initializer))
+    ticket.set_masks(model, masks.ones_like(ticket.get_kernels(model)))
+    ticket.set_weights(model, self.theta0(trial))
     if cfg.pruning == "synflow":
-      return saliency.synflow_masks(self.model, self.targets(round_), cfg.synflow_iterations)
+      return saliency.synflow_masks(model, self.targets(round_), cfg.synflow_iterations)
     rows = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.score_batches,
                               derive_seed(cfg.seed, trial, "score")).ravel()
     x, y = self.splits.train_x[rows], self.splits.train_y[rows]
     score = saliency.snip_scores if cfg.pruning == "snip" else saliency.grasp_scores
-    scores = score(self.model, x, y, batches=cfg.score_batches, batch_size=cfg.batch_size)
+    scores = score(model, x, y, batches=cfg.score_batches, batch_size=cfg.batch_size)
     return pruning.keep_top(scores, masks.ones_like(scores), self.targets(round_))
 
   def search_iterations(self, trial, round_):
@@ -528,15 +569,16 @@ class _Run:
     if self.logdir:
       callbacks.append(summaries.StageSummaries(
           summaries.stage_run(self.logdir, arm, trial, round_), cfg.iterations))
-    result = training.train_round(
-        self.trainer, self.train, table, self.val, self.test, cfg.eval_every,
-        callbacks=callbacks, checkpoint=checkpoint,
-        checkpoint_every=self.checkpoint_every, test_curve=cfg.test_curve, label=label)
-    ticket.apply_masks(self.model)
-    final = ticket.get_weights(self.model)
-    artifacts.write_weights(f"{out_dir}/weights.npz", final)
-    if self.exporter is not None:
-      self.exporter.export(f"{out_dir}/ticket", init)
+    with self.scope():
+      result = training.train_round(
+          self.trainer, self.train, table, self.val, self.test, cfg.eval_every,
+          callbacks=callbacks, checkpoint=checkpoint,
+          checkpoint_every=self.checkpoint_every, test_curve=cfg.test_curve, label=label)
+      ticket.apply_masks(self.model)
+      final = ticket.get_weights(self.model)
+      artifacts.write_weights(f"{out_dir}/weights.npz", final)
+      if self.exporter is not None:
+        self.exporter.export(f"{out_dir}/ticket", init)
     row = dict(arm=arm, trial=trial, round=round_, weights_remaining=pct,
                early_stop_iteration=result.early_stop_iteration,
                early_stop_val_loss=result.early_stop_val_loss,
@@ -573,13 +615,14 @@ class _StageRun(_Run):
 
 
 def run_stage(cfg, output_dir, splits, stage, checkpoint_every=0, jit_compile=True,
-              callbacks=(), export=False, logdir=None, run_=None):
+              callbacks=(), export=False, logdir=None, run_=None, strategy=None):
   """Runs one (arm, trial, round) in this process, as a worker does; returns its metrics.
 
   The stages ``dependencies(cfg)[stage]`` must be finished (their files in ``output_dir``). A
   finished stage is not retrained; an interrupted one resumes from its checkpoint. results.csv
   is left to the caller (``write_results``). ``run_``: a _StageRun of the same arguments to
-  reuse (its compiled model), e.g. by a worker running several stages.
+  reuse (its compiled model), e.g. by a worker running several stages. ``strategy``: a
+  tf.distribute strategy to train on (None: the default, one device).
   """
   arm, trial, round_ = stage
   if stage not in dependencies(cfg):
@@ -591,24 +634,25 @@ def run_stage(cfg, output_dir, splits, stage, checkpoint_every=0, jit_compile=Tr
                          f"before [{arm} trial {trial} round {round_}]")
   if run_ is None:
     run_ = _StageRun(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile,
-                     callbacks, export, logdir)
+                     callbacks, export, logdir, strategy)
   return run_.stage(arm, trial, round_, run_.rewinder(trial))
 
 
 def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks=(),
-        on_divergence="continue", export=False, logdir=None):
+        on_divergence="continue", export=False, logdir=None, strategy=None):
   """Runs (or resumes) every stage of ``cfg`` into ``output_dir``; returns results.csv rows.
 
   ``callbacks`` are extra Keras callbacks given to every stage's training. ``export`` writes
   each stage's ticket as a SavedModel; ``logdir`` enables TensorBoard runs. A stage whose loss
   becomes NaN/inf is recorded as diverged; then ``on_divergence="stop"`` raises DivergedError,
   and "continue" goes on, except that a diverged ticket ends its trial (later rounds would be
-  pruned from NaN weights).
+  pruned from NaN weights). ``strategy``: a tf.distribute strategy to train every stage on
+  (None: the default, one device; see lth_tf.distribute); --batch_size is the global batch.
   """
   if on_divergence not in ("continue", "stop"):
     raise ConfigError(f"--on_divergence={on_divergence} is invalid; use continue or stop")
   run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile, callbacks,
-              export, logdir)
+              export, logdir, strategy)
   order = stage_order(cfg)  # a topological order of dependencies(cfg), trial by trial
   for trial in range(cfg.trials):
     rewinder = run_.rewinder(trial)

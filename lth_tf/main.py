@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import data, executor, experiment, lock, models, plot, training
+from lth_tf import data, distribute, executor, experiment, lock, models, plot, training
 
 FLAGS = flags.FLAGS
 # Names are plain strings checked by Config.validate, so a typo gets our one-line error.
@@ -85,7 +85,16 @@ flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: all cores). 
 flags.DEFINE_enum("on_divergence", "continue", ["continue", "stop"], "When a loss becomes "
                   "NaN/inf: record the stage as diverged and go on, or stop with an error.")
 flags.DEFINE_bool("deterministic", True, "Enable TensorFlow op determinism.")
-flags.DEFINE_bool("xla", True, "Compile training and evaluation with XLA (jit_compile).")
+flags.DEFINE_bool("xla", None, "Compile training and evaluation with XLA (jit_compile); "
+                  "default: on for lenet300_100, off for the convolutional models (XLA "
+                  "compiles CPU convolutions slowly); always off with a --strategy other "
+                  "than default.")
+flags.DEFINE_string("strategy", "default", "One training across devices (tf.distribute): "
+                    "default (one device), mirrored (this machine's GPUs, or the "
+                    "--cpu_devices logical CPUs), multi_worker_mirrored (the workers in "
+                    "TF_CONFIG). --batch_size stays the global batch.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (0: one), "
+                     "e.g. to run --strategy=mirrored without GPUs.")
 flags.DEFINE_enum("executor", "local", ["local", "ray"], "Where stages run: local (one after "
                   "another in this process) or ray (as Ray tasks, in parallel where their "
                   "dependencies allow; pip install 'lth-tf[ray]'). Results are identical.")
@@ -103,7 +112,7 @@ RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learn
                 "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init",
                 "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
                 "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
-                "lr_drop_factor", "weight_decay")
+                "lr_drop_factor", "weight_decay", "strategy", "cpu_devices")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 
 
@@ -144,6 +153,10 @@ def resolved_flags(unset=()):
                                                               values["prune_rate_fc"])
   if values["threads"] == 0:
     values["threads"] = os.cpu_count() or 1
+  if values["xla"] is None:
+    values["xla"] = paper["xla"]
+  if values["strategy"] != "default":  # see lth_tf.distribute: XLA can't compile TF-MOT there
+    values["xla"] = False
   values["controls"] = [c for c in values["controls"] if c]
   return values
 
@@ -196,7 +209,26 @@ def check_output_dir(output_dir, values, text):
 
 
 def setup_tensorflow(values):
-  experiment.setup_tensorflow(values["threads"], values["seed"], values["deterministic"])
+  """Returns the tf.distribute strategy (None for default)."""
+  return experiment.setup_tensorflow(values["threads"], values["seed"], values["deterministic"],
+                                     values["cpu_devices"], values["strategy"])
+
+
+def check_strategy(values):
+  """--strategy and --cpu_devices, before TensorFlow starts."""
+  if values["strategy"] not in distribute.STRATEGIES:
+    raise UserError(f"--strategy={values['strategy']} is unknown; use one of "
+                    f"{', '.join(distribute.STRATEGIES)}")
+  if values["cpu_devices"] < 0:
+    raise UserError(f"--cpu_devices={values['cpu_devices']} is invalid; pass 0 (one CPU "
+                    f"device) or a count such as 2")
+  if values["strategy"] != "default" and FLAGS["xla"].present and FLAGS.xla:
+    logging.warning("--strategy=%s trains without XLA (TF-MOT's wrappers merge_call in the "
+                    "forward pass); recording --xla=False", values["strategy"])
+  if values["strategy"] == "multi_worker_mirrored" and FLAGS.executor == "ray":
+    raise UserError("--strategy=multi_worker_mirrored runs one training on the TF_CONFIG "
+                    "workers; it does not combine with --executor=ray (use --strategy=mirrored "
+                    "with --ray_gpus_per_task, or --executor=local on every worker)")
 
 
 def check_executor(values):
@@ -231,8 +263,14 @@ def main(argv):
       logging.warning("--warmup_iterations=%d exceeds --iterations=%d: the learning rate never "
                       "reaches --learning_rate", cfg.warmup_iterations, cfg.iterations)
     output_dir = FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}"
+    check_strategy(values)
     ray_resources = check_executor(values)
-    setup_tensorflow(values)
+    strategy = setup_tensorflow(values)
+    experiment.check_strategy(cfg, strategy)
+    task_type, task_id, chief = distribute.task(strategy)
+    if task_type is not None:
+      logging.info("multi-worker: this is %s %d%s; every worker writes its own --output_dir",
+                   task_type, task_id, " (the chief)" if chief else "")
     text = flagfile_text(values, output_dir)
     # One driver per folder. Taken before check_output_dir, whose --overwrite deletes the
     # folder: a second driver must not delete a running experiment.
@@ -255,7 +293,8 @@ def main(argv):
                          export=FLAGS.export,
                          logdir=(f"{output_dir}/tensorboard" if FLAGS.logdir is None
                                  else FLAGS.logdir or None),
-                         threads=values["threads"], deterministic=values["deterministic"])
+                         threads=values["threads"], deterministic=values["deterministic"],
+                         strategy=values["strategy"], cpu_devices=values["cpu_devices"])
       if ray_resources is None:
         splits = executor.load_splits(cfg, FLAGS.data_dir, FLAGS.manual_dir)
         rows = executor.run_local(job, splits, on_divergence=FLAGS.on_divergence)

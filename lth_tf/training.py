@@ -157,6 +157,14 @@ class Trainer:
     step = self.optimizer.iterations if iteration is None else iteration
     return float(self.schedule(step))
 
+  def _apply_gradients(self, grads, variables, replicas=1):
+    """The optimizer step, with weight decay added to the decayed kernels' gradients (its
+    share on each of ``replicas`` replicas, whose gradients the optimizer sums)."""
+    if self.weight_decay:
+      grads = [g + (self.weight_decay / replicas) * v if decayed else g
+               for g, v, decayed in zip(grads, variables, self._decayed)]
+    self.optimizer.apply_gradients(zip(grads, variables))
+
   def _train_block_fn(self, x, y, block):
     variables = self.model.trainable_variables
     total_loss, correct = tf.constant(0.0), tf.constant(0.0)
@@ -165,11 +173,7 @@ class Trainer:
       with tf.GradientTape() as tape:
         logits = self.model(xb, training=True)
         loss = self._loss(yb, logits) / tf.cast(tf.shape(yb)[0], tf.float32)
-      grads = tape.gradient(loss, variables)
-      if self.weight_decay:
-        grads = [g + self.weight_decay * v if decayed else g
-                 for g, v, decayed in zip(grads, variables, self._decayed)]
-      self.optimizer.apply_gradients(zip(grads, variables))
+      self._apply_gradients(tape.gradient(loss, variables), variables)
       total_loss += loss
       correct += tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), yb), tf.float32))
     n = tf.cast(tf.shape(block)[0], tf.float32)

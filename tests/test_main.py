@@ -1,8 +1,10 @@
 """The command line as a user runs it: a real run on Fashion-MNIST, and bad input."""
+import os
+
 import pytest
 
 from conftest import TINY_ARGS as TINY
-from conftest import run_cli
+from conftest import REPO, run_cli
 from lth_tf import artifacts
 
 
@@ -83,3 +85,24 @@ def test_offline_dataset_names_manual_dir(tmp_path):
   assert proc.returncode == 2
   line = _error_line(proc)
   assert "cifar10" in line and "--manual_dir" in line and "--data_dir" in line
+
+
+def test_conv2_on_cifar10_with_default_flags_trains_and_exports(tmp_path):
+  """The headline command's path (--model=conv2: CIFAR-10, determinism on, --xla at its
+  default) on TFDS mock data: it trains, prunes, exports, and records --xla=False (XLA
+  refuses MaxPool's gradient under op determinism and compiles CPU convolutions slowly)."""
+  import subprocess
+  import sys
+  out = tmp_path / "conv2"
+  env = dict(os.environ, PYTHONPATH=str(REPO), MOCK_EXAMPLES="5300")
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "tests" / "mock_cli.py"), "--model=conv2", "--rounds=1",
+       "--iterations=10", "--eval_every=10", "--batch_size=10", "--checkpoint_every=0",
+       f"--output_dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = artifacts.read_results(f"{out}/results.csv")
+  assert [(r["arm"], r["round"]) for r in rows] == [("ticket", 0), ("ticket", 1), ("reinit", 1)]
+  flags_cfg = (out / "flags.cfg").read_text()
+  assert "--dataset=cifar10" in flags_cfg and "--xla=False" in flags_cfg
+  assert "--deterministic=True" in flags_cfg
+  assert (out / "ticket" / "trial_0" / "round_1" / "ticket" / "saved_model.pb").exists()
