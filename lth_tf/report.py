@@ -4,7 +4,10 @@
 
 prints, per round: % weights remaining, then for each arm the early-stop iteration and the
 test accuracy at early stop as mean ± std over the trials finished (n shown when trials are
-missing), with diverged runs left out and counted.
+missing), with diverged runs left out and counted; then a second table with the paper's four
+comparisons as differences paired by trial (same θ0, same data split), each marked with ✓ when
+every trial agrees in sign with the paper's claim, ✗ when every trial contradicts it, ~ when
+trials disagree.
 """
 import collections
 import sys
@@ -49,6 +52,63 @@ def table(rows, trials):
   return "\n".join(lines)
 
 
+# The paper's claims as (column title, arm a, arm b, metric, sign the claim predicts for a - b).
+# Round 0 (dense) stands in for arm "dense".
+CLAIMS = (
+    ("(1) ticket − dense: early-stop iteration", "ticket", "dense", "early_stop_iteration", -1),
+    ("(2) ticket − dense: test accuracy (points)", "ticket", "dense", "early_stop_test_accuracy",
+     +1),
+    ("(3) reinit − ticket: early-stop iteration", "reinit", "ticket", "early_stop_iteration", +1),
+    ("(3) ticket − reinit: test accuracy (points)", "ticket", "reinit",
+     "early_stop_test_accuracy", +1),
+    ("(4) ticket − random_prune: test accuracy (points)", "ticket", "random_prune",
+     "early_stop_test_accuracy", +1),
+)
+
+
+def paired(rows, a, b, metric, rnd):
+  """{trial: a - b} for ``metric`` at round ``rnd``, over trials where both finished without
+  diverging; arm "dense" is the ticket's round 0 of the same trial."""
+  def value(arm, trial):
+    arm, rnd_ = ("ticket", 0) if arm == "dense" else (arm, rnd)
+    for r in rows:
+      if (r["arm"], r["trial"], r["round"]) == (arm, trial, rnd_) and not r["diverged"]:
+        return r[metric] * (100.0 if metric == "early_stop_test_accuracy" else 1.0)
+    return None
+  diffs = {}
+  for t in sorted({r["trial"] for r in rows}):
+    va, vb = value(a, t), value(b, t)
+    if va is not None and vb is not None:
+      diffs[t] = va - vb
+  return diffs
+
+
+def verdict(diffs, sign):
+  """✓ every trial agrees in sign with the claim, ✗ every trial contradicts it, ~ mixed."""
+  signs = {int(np.sign(d)) * sign for d in diffs.values()}
+  return "✓" if signs == {1} else "✗" if signs <= {-1, 0} else "~"
+
+
+def claims_table(rows):
+  """The paper's comparisons per pruned round, paired by trial: mean ± std and a verdict."""
+  arms = {r["arm"] for r in rows}
+  cols = [c for c in CLAIMS if {c[1], c[2]} - {"dense"} <= arms]
+  head = ["round", "% weights remaining"] + [c[0] for c in cols]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for rnd in sorted({r["round"] for r in rows} - {0}):
+    remaining = [r["weights_remaining"] for r in rows if r["round"] == rnd and r["arm"] == "ticket"]
+    if not remaining:
+      continue
+    cells = [str(rnd), f"{np.mean(remaining):.1f}"]
+    for _, a, b, metric, sign in cols:
+      diffs = paired(rows, a, b, metric, rnd)
+      digits = 0 if metric == "early_stop_iteration" else 2
+      cells.append(f"{_cell(list(diffs.values()), digits=digits)} {verdict(diffs, sign)}"
+                   if diffs else "–")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   path = f"{flags.FLAGS.output_dir}/results.csv"
@@ -58,7 +118,10 @@ def main(argv):
     sys.exit(2)
   cfg = artifacts.parse_flagfile(artifacts.read_bytes(f"{flags.FLAGS.output_dir}/flags.cfg")
                                  .decode())
-  print(table(artifacts.read_results(path), int(cfg.get("trials", 1))))
+  rows = artifacts.read_results(path)
+  print(table(rows, int(cfg.get("trials", 1))))
+  print()
+  print(claims_table(rows))
 
 
 def run():
