@@ -79,7 +79,7 @@ def write_summary(logdir, rows, hparams):
       by_arm[arm][0] = [r for r in dense if not r["diverged"]]
   writer = tf.summary.create_file_writer(run)
   with writer.as_default():
-    hp.hparams({k: (",".join(v) if isinstance(v, (list, tuple)) else v)
+    hp.hparams({k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
                 for k, v in hparams.items()})
     for arm, rounds in by_arm.items():
       for round_, rs in sorted(rounds.items()):

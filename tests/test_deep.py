@@ -187,8 +187,12 @@ def test_resnet20_experiment_global_pruning_sgd_schedule(tmp_path):
       warmup_iterations=5, lr_drops=(15,), weight_decay=1e-4, initializer="he_normal").validate()
   out = str(tmp_path)
   recorder = StageRecorder()
-  rows = experiment.run(cfg, out, splits, jit_compile=False, callbacks=[recorder])
+  # as lth_tf.main runs it: TensorBoard (hparams hold the lr_drops list) and export on
+  rows = experiment.run(cfg, out, splits, jit_compile=False, callbacks=[recorder],
+                        logdir=f"{out}/tb", export=True)
   assert [(r["arm"], r["round"]) for r in rows] == [("ticket", 0), ("ticket", 1), ("ticket", 2)]
+  assert (tmp_path / "tb" / "summary").exists()
+  assert (tmp_path / "ticket" / "trial_0" / "round_2" / "ticket" / "saved_model.pb").exists()
   theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
   sizes = {n: k[0].size for n, k in theta0.items() if not n.startswith("bn")}
   convs = sum(s for n, s in sizes.items() if n != "output")
