@@ -41,6 +41,15 @@ def run_cli(args, cwd=REPO, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def error_line(proc):
+  """Our error: the last stderr line (TensorFlow may print start-up noise above it), one
+  line with no traceback."""
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert lines and lines[-1].startswith("lth_tf: error: "), proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  return lines[-1]
+
+
 TINY_ARGS = ["--model=lenet300_100", "--dataset=fashion_mnist", f"--manual_dir={FASHION_MANUAL_DIR}",
              "--rounds=1", "--iterations=200", "--eval_every=100", "--checkpoint_every=0"]
 needs_fashion = pytest.mark.skipif(not FASHION_MANUAL_DIR.exists(),

@@ -10,15 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_ARGS, needs_fashion, run_cli
+from conftest import REPO, TINY_ARGS, error_line, needs_fashion, run_cli
 from lth_tf import artifacts, masks
-
-
-def _error_line(proc):
-  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-  assert lines and lines[-1].startswith("lth_tf: error: "), proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr
-  return lines[-1]
 
 
 def test_mirrored_on_two_cpus_trains_one_ticket_on_every_replica(tmp_path):
@@ -99,7 +92,7 @@ def test_two_workers_train_one_experiment_and_agree(tmp_path):
   # --strategy is part of the experiment: the folder refuses a rerun on one device
   again = run_cli([*TINY_ARGS, "--threads=1", f"--output_dir={w0}"])
   assert again.returncode == 2
-  assert "--strategy=multi_worker_mirrored (now default)" in _error_line(again)
+  assert "--strategy=multi_worker_mirrored (now default)" in error_line(again)
 
 
 @pytest.mark.parametrize("args,named", [
@@ -110,5 +103,5 @@ def test_two_workers_train_one_experiment_and_agree(tmp_path):
 def test_bad_strategy_flags_give_one_line(args, named, tmp_path):
   proc = run_cli(["--model=lenet300_100", *args, f"--output_dir={tmp_path}/x"])
   assert proc.returncode == 2
-  assert named in _error_line(proc)
+  assert named in error_line(proc)
   assert not (tmp_path / "x").exists()

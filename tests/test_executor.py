@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FASHION_MANUAL_DIR, REPO, TINY_ARGS, needs_fashion, run_cli
+from conftest import FASHION_MANUAL_DIR, REPO, TINY_ARGS, error_line, needs_fashion, run_cli
 from lth_tf import artifacts, experiment, lock
 
 try:
@@ -232,13 +232,6 @@ def _dead_pid():
   return proc.pid
 
 
-def _error_line(proc):
-  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-  assert lines and lines[-1].startswith("lth_tf: error: "), proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr
-  return lines[-1]
-
-
 def test_lock_is_exclusive_released_and_taken_over_when_stale(tmp_path):
   out = str(tmp_path / "exp")
   with lock.DriverLock(out) as held:
@@ -279,7 +272,7 @@ def test_second_driver_on_a_locked_dir_is_refused(tmp_path):
   before = (out / ".lock").read_text()
   proc = run_cli([*TINY_ARGS, f"--output_dir={out}"])
   assert proc.returncode == 2
-  line = _error_line(proc)
+  line = error_line(proc)
   assert f"{out}/.lock" in line and f"pid {os.getpid()}" in line
   assert (out / ".lock").read_text() == before  # untouched
   assert sorted(os.listdir(out)) == [".lock"]  # and nothing else written
@@ -294,7 +287,7 @@ def test_executor_ray_without_ray_is_one_line(tmp_path):
                          "--executor=ray", f"--output_dir={tmp_path}/x"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
-  assert _error_line(proc) == ("lth_tf: error: --executor=ray needs Ray: "
+  assert error_line(proc) == ("lth_tf: error: --executor=ray needs Ray: "
                                "pip install 'lth-tf[ray]'")
   assert not (tmp_path / "x").exists()
 

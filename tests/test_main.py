@@ -4,16 +4,8 @@ import os
 import pytest
 
 from conftest import TINY_ARGS as TINY
-from conftest import REPO, run_cli
+from conftest import REPO, error_line, run_cli
 from lth_tf import artifacts
-
-
-def _error_line(proc):
-  """Our error: the last stderr line (TensorFlow may print start-up noise above it)."""
-  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-  assert lines and lines[-1].startswith("lth_tf: error: "), proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr
-  return lines[-1]
 
 
 def test_cli_runs_writes_layout_and_refuses_other_flags(cli_experiment):
@@ -38,13 +30,13 @@ def test_cli_runs_writes_layout_and_refuses_other_flags(cli_experiment):
   assert len(older) == len(flags_cfg.splitlines()) - 3
   (out / "flags.cfg").write_text("\n".join(older) + "\n")
   again = run_cli([*TINY, f"--output_dir={out}"])
-  assert again.returncode == 0, _error_line(again)
+  assert again.returncode == 0, error_line(again)
   assert (out / "flags.cfg").read_text() == flags_cfg
 
   # different flags into the same dir: refused, naming the flag; nothing lost
   other = run_cli([*TINY, f"--output_dir={out}", "--learning_rate=0.1"])
   assert other.returncode == 2
-  assert "--learning_rate" in _error_line(other) and "--overwrite" in _error_line(other)
+  assert "--learning_rate" in error_line(other) and "--overwrite" in error_line(other)
   assert artifacts.read_results(f"{out}/results.csv") == rows
   assert (out / "flags.cfg").read_text() == flags_cfg
 
@@ -65,7 +57,7 @@ def test_cli_runs_writes_layout_and_refuses_other_flags(cli_experiment):
 def test_bad_flags_give_one_line_naming_the_flag(args, named, tmp_path):
   proc = run_cli([*args, f"--output_dir={tmp_path}/x"])
   assert proc.returncode == 2
-  assert named in _error_line(proc)
+  assert named in error_line(proc)
   assert not (tmp_path / "x").exists()  # nothing written for a bad command
 
 
@@ -74,7 +66,7 @@ def test_unwritable_output_dir(tmp_path):
   blocker.write_text("not a folder")
   proc = run_cli(["--model=lenet300_100", f"--output_dir={blocker}/exp"])
   assert proc.returncode == 2
-  assert "--output_dir" in _error_line(proc) and "writable" in _error_line(proc)
+  assert "--output_dir" in error_line(proc) and "writable" in error_line(proc)
 
 
 def test_offline_dataset_names_manual_dir(tmp_path):
@@ -83,7 +75,7 @@ def test_offline_dataset_names_manual_dir(tmp_path):
   if proc.returncode == 0:
     pytest.skip("online machine")
   assert proc.returncode == 2
-  line = _error_line(proc)
+  line = error_line(proc)
   assert "cifar10" in line and "--manual_dir" in line and "--data_dir" in line
 
 
