@@ -10,7 +10,8 @@ Keras fit with the same schedule. In one process, alternating the contenders, me
   round  what ``experiment._Run.stage`` does per round, minus writing artifacts: rewind the
          TF-MOT-wrapped model to θ0 under a fixed 50%-per-layer magnitude mask, reset the
          optimizer, build the batch table, ``training.train_round`` (validation every
-         ``eval_every``, test accuracy at the final and the early-stopping weights).
+         ``eval_every``, test accuracy at the final and the early-stopping weights), with
+         XLA as lth_tf.main uses it by default: on for LeNet, off for Conv-2.
 
 LeNet-300-100 runs on Fashion-MNIST; Conv-2 on random uint8 data shaped like CIFAR-10 (no
 CIFAR-10 on this machine; speed does not depend on pixel values). Usage:
@@ -30,7 +31,6 @@ from lth_tf import data, experiment, masks, models, pruning, ticket, training
 
 FLAGS = flags.FLAGS
 MANUAL_DIR = "../shared/datasets/fashion_mnist"
-BATCH_SIZE = experiment.PAPER_BATCH_SIZE
 VAL_BATCH = 1000
 
 
@@ -40,10 +40,16 @@ def define_flags():
   flags.DEFINE_integer("lenet_iterations", 2000, "Iterations per LeNet-300-100 run.")
   flags.DEFINE_integer("conv2_iterations", 200, "Iterations per Conv-2 run.")
   flags.DEFINE_integer("eval_every", 100, "Validate every this many iterations (both).")
+  flags.DEFINE_integer("conv2_eval_every", None, "Conv-2's --eval_every (default: "
+                       "--eval_every), so that Conv-2 can run fewer iterations than LeNet.")
+  flags.DEFINE_integer("batch_size", experiment.PAPER_BATCH_SIZE, "Batch size (the paper's "
+                       "60; smaller only to keep a CI-sized run fast).")
   flags.DEFINE_integer("threads", 1, "TensorFlow intra-op threads, as lth_tf.main's --threads "
                        "(0: all cores). Default 1 so that numbers compare across machines "
                        "and a concurrent experiment keeps its core.")
-  flags.DEFINE_bool("deterministic", True, "Enable op determinism, as lth_tf.main does.")
+  flags.DEFINE_bool("deterministic", False, "Enable op determinism (lth_tf.main's default). "
+                    "Off here: with it, XLA cannot compile Conv-2's MaxPool gradient "
+                    "(UnimplementedError); LeNet's speed is the same either way.")
   flags.DEFINE_string("manual_dir", MANUAL_DIR, "Folder with the Fashion-MNIST archives.")
   flags.DEFINE_list("conv2_sizes", ["50000", "5000", "10000"],
                     "Train,val,test sizes of Conv-2's synthetic CIFAR-shaped data.")
@@ -93,30 +99,34 @@ def forward_macs(model):
 
 
 def magnitude_mask(model, fraction_pruned):
-  """A layerwise magnitude mask pruning ``fraction_pruned`` of every prunable layer."""
+  """The paper's layerwise magnitude mask pruning ``fraction_pruned`` of every layer."""
   kernels = ticket.get_kernels(model)
   sizes = {n: k.size for n, k in kernels.items()}
-  keep = pruning.keep_counts(sizes, {n: fraction_pruned for n in sizes}, 1)
-  return pruning.prune("layerwise", kernels, masks.ones_like(kernels), keep)
+  targets = pruning.layerwise_targets(sizes, {n: fraction_pruned for n in sizes}, 1)
+  return pruning.prune("magnitude", kernels, masks.ones_like(kernels), targets)
 
 
 class LotteryRound:
   """One wrapped model and one Trainer reused by every round, as experiment._Run keeps them."""
 
-  def __init__(self, model_name, splits, learning_rate, eval_every, test_curve=False):
+  def __init__(self, model_name, splits, learning_rate, batch_size, eval_every,
+               test_curve=False):
     self.model = ticket.wrap(models.build(model_name, splits.train_x.shape[1:]))
-    self.trainer = training.Trainer(self.model, learning_rate)
+    # XLA as lth_tf.main's default for the model (off for Conv-2: see experiment.PAPER)
+    self.trainer = training.Trainer(self.model, learning_rate,
+                                    jit_compile=experiment.PAPER[model_name]["xla"])
     self.rewinder = ticket.RewindCallback(ticket.get_weights(self.model))
     self.train = training.Split.of(splits.train_x, splits.train_y)
     self.val = training.Split.of(splits.val_x, splits.val_y)
     self.test = training.Split.of(splits.test_x, splits.test_y)
-    self.num_train, self.eval_every, self.test_curve = len(splits.train_x), eval_every, test_curve
+    self.num_train, self.batch_size = len(splits.train_x), batch_size
+    self.eval_every, self.test_curve = eval_every, test_curve
 
   def run(self, mask, iterations, seed=0):
     """Rewind under ``mask``, fresh optimizer, batch table, train_round, as _Run.stage does."""
     self.rewinder.rewind(self.model, mask)
     self.trainer.reset_optimizer()
-    table = data.batch_indices(self.num_train, BATCH_SIZE, iterations, seed)
+    table = data.batch_indices(self.num_train, self.batch_size, iterations, seed)
     result = training.train_round(self.trainer, self.train, table, self.val, self.test,
                                   self.eval_every, callbacks=[self.rewinder],
                                   test_curve=self.test_curve)
@@ -124,10 +134,23 @@ class LotteryRound:
     return result
 
 
+def fixed_prefetch(dataset, buffer=2):
+  """``dataset`` prefetched into a fixed buffer, with tf.data autotuning off.
+
+  With autotuning on, a ``fit`` of a few seconds often returns only 10.23 s after it began
+  (10 ms x (2**10 - 1), the sum of the autotuner's doubling periods), which would bill plain
+  Keras for an idle wait; a fixed buffer avoids it and is as fast here.
+  """
+  import tensorflow as tf
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.prefetch(buffer).with_options(options)
+
+
 class PlainKeras:
   """The unwrapped model under Keras's fastest fit: XLA, steps_per_execution, tf.data."""
 
-  def __init__(self, model_name, splits, learning_rate, eval_every, seed=0):
+  def __init__(self, model_name, splits, learning_rate, batch_size, eval_every, seed=0):
     import tensorflow as tf
     import tf_keras as keras
 
@@ -138,11 +161,11 @@ class PlainKeras:
         metrics=["accuracy"], jit_compile=True, steps_per_execution=eval_every)
     self.initial = self.model.get_weights()
     self.eval_every = eval_every
-    self.train = (tf.data.Dataset.from_tensor_slices((splits.train_x, splits.train_y)).cache()
-                  .shuffle(len(splits.train_x), seed=seed).repeat()
-                  .batch(BATCH_SIZE, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    self.val = (tf.data.Dataset.from_tensor_slices((splits.val_x, splits.val_y))
-                .batch(VAL_BATCH).cache().prefetch(tf.data.AUTOTUNE))
+    self.train = fixed_prefetch(
+        tf.data.Dataset.from_tensor_slices((splits.train_x, splits.train_y)).cache()
+        .shuffle(len(splits.train_x), seed=seed).repeat().batch(batch_size, drop_remainder=True))
+    self.val = fixed_prefetch(
+        tf.data.Dataset.from_tensor_slices((splits.val_x, splits.val_y)).batch(VAL_BATCH).cache())
 
   def reset(self):
     """θ0 and a zeroed optimizer, so every run trains the same problem (not timed)."""
@@ -154,6 +177,9 @@ class PlainKeras:
   def run(self, iterations):
     self.model.fit(self.train, steps_per_epoch=self.eval_every,
                    epochs=iterations // self.eval_every, validation_data=self.val, verbose=0)
+
+  def evaluate(self):
+    self.model.evaluate(self.val, verbose=0)
 
 
 def seconds(fn, *args):
@@ -180,25 +206,25 @@ def alternate(plain, round_, mask, iterations, repeats):
   return times
 
 
-def evaluation_seconds(trainer, split, calls):
-  """Median seconds of one compiled ``trainer.evaluate`` over ``split``."""
-  trainer.evaluate(split.x, split.y)  # traced already by the warm-up; this rules it out
-  return statistics.median(seconds(trainer.evaluate, split.x, split.y) for _ in range(calls))
+def median_seconds(fn, calls, *args):
+  """Median wall time of ``calls`` calls of ``fn(*args)``, after one untimed call."""
+  fn(*args)
+  return statistics.median(seconds(fn, *args) for _ in range(calls))
 
 
-def rss_mb():
-  """Peak resident memory of this process so far, in MB."""
+def peak_rss_mb():
+  """Peak resident memory of this process so far, in MB (ru_maxrss is in KB on Linux)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def benchmark(model_name, description, splits, iterations, learning_rate):
+def benchmark(model_name, description, splits, iterations, eval_every, learning_rate):
   """Times both contenders on one network, prints the figures, returns round/plain."""
-  eval_every, repeats = FLAGS.eval_every, FLAGS.repeats
+  repeats, batch = FLAGS.repeats, FLAGS.batch_size
   print(f"\n{model_name} on {description}: {len(splits.train_x)}/{len(splits.val_x)}/"
-        f"{len(splits.test_x)} train/val/test, {iterations} iterations, batch {BATCH_SIZE}, "
+        f"{len(splits.test_x)} train/val/test, {iterations} iterations, batch {batch}, "
         f"Adam {learning_rate:g}, validation every {eval_every}", flush=True)
-  plain = PlainKeras(model_name, splits, learning_rate, eval_every)
-  round_ = LotteryRound(model_name, splits, learning_rate, eval_every, FLAGS.test_curve)
+  plain = PlainKeras(model_name, splits, learning_rate, batch, eval_every)
+  round_ = LotteryRound(model_name, splits, learning_rate, batch, eval_every, FLAGS.test_curve)
   mask = magnitude_mask(round_.model, 0.5)
 
   plain.reset()
@@ -209,52 +235,70 @@ def benchmark(model_name, description, splits, iterations, learning_rate):
 
   times = alternate(plain, round_, mask, iterations, repeats)
   t_plain, t_round = statistics.median(times["plain"]), statistics.median(times["round"])
-  macs = forward_macs(plain.model)
-  flop_per_iteration = 2 * macs * 3 * BATCH_SIZE
-  print(f"  FLOP count: 2 x {macs:,} multiply-adds per example forward (Dense+Conv2D, dense) "
-        f"x 3 (forward+backward) x batch {BATCH_SIZE} = {flop_per_iteration / 1e6:,.1f} MFLOP "
-        f"per iteration; evaluation passes not counted")
-  for name, t, all_t in (("plain Keras fit", t_plain, times["plain"]),
-                         ("lth_tf round  ", t_round, times["round"])):
-    print(f"  {name}: {t:8.3f} s  {iterations / t:8.1f} it/s  "
-          f"{flop_per_iteration * iterations / t / 1e9:6.1f} GFLOP/s   "
-          f"(repeats: {', '.join(f'{x:.3f}' for x in all_t)})")
-
   calls = max(1, min(3, repeats))
-  t_val = evaluation_seconds(round_.trainer, round_.val, calls)
-  t_test = evaluation_seconds(round_.trainer, round_.test, calls)
   n_val = iterations // eval_every
   n_test = 2 + (n_val if FLAGS.test_curve else 0)  # final and early-stopping weights
-  print(f"  round's evaluations: validation {n_val} x {t_val * 1e3:.1f} ms = "
-        f"{n_val * t_val:.3f} s ({100 * n_val * t_val / t_round:.1f}% of the round); test "
-        f"{n_test} x {t_test * 1e3:.1f} ms = {n_test * t_test:.3f} s "
-        f"({100 * n_test * t_test / t_round:.1f}%)")
-  ratio = t_round / t_plain
-  print(f"  round/plain: {ratio:.3f}; without the round's test evaluations (which plain does "
-        f"not do): {(t_round - n_test * t_test) / t_plain:.3f}; peak RSS {rss_mb():.0f} MB",
-        flush=True)
-  return ratio
+  evals = dict(plain_val=median_seconds(plain.evaluate, calls),
+               val=median_seconds(round_.trainer.evaluate, calls, round_.val.x, round_.val.y),
+               test=median_seconds(round_.trainer.evaluate, calls, round_.test.x,
+                                   round_.test.y))
+  report(model_name, iterations, batch, plain.model, t_plain, t_round, times, evals, n_val,
+         n_test)
+  return t_round / t_plain
+
+
+def report(model_name, iterations, batch, model, t_plain, t_round, times, evals, n_val, n_test):
+  """Prints rates, GFLOP/s, the round's evaluation share and the ratio for one network."""
+  macs = forward_macs(model)
+  flop = 2 * macs * 3 * batch
+  print(f"  FLOP count: 2 x {macs:,} multiply-adds per example forward (Dense+Conv2D, dense) "
+        f"x 3 (forward+backward) x batch {batch} = {flop / 1e6:,.1f} MFLOP per iteration; "
+        f"evaluation passes not counted")
+  for name, t, all_t in (("plain Keras fit", t_plain, times["plain"]),
+                         ("lth_tf round  ", t_round, times["round"])):
+    print(f"  {name}: {t:9.3f} s  {iterations / t:9.2f} it/s  "
+          f"{flop * iterations / t / 1e9:6.2f} GFLOP/s   "
+          f"(repeats: {', '.join(f'{x:.3f}' for x in all_t)})")
+  val, test, plain_val = n_val * evals["val"], n_test * evals["test"], n_val * evals["plain_val"]
+  print(f"  round's evaluations: validation {n_val} x {evals['val'] * 1e3:.1f} ms = {val:.3f} s "
+        f"({100 * val / t_round:.1f}% of the round); test {n_test} x "
+        f"{evals['test'] * 1e3:.1f} ms = {test:.3f} s ({100 * test / t_round:.1f}%)")
+  train_plain, train_round = t_plain - plain_val, t_round - val - test
+  print(f"  training alone (time minus measured evaluations; plain's model.evaluate on val: "
+        f"{evals['plain_val'] * 1e3:.1f} ms): plain {iterations / train_plain:.2f} it/s, "
+        f"round {iterations / train_round:.2f} it/s, round/plain {train_round / train_plain:.3f}")
+  print(f"  {model_name} round/plain: {t_round / t_plain:.3f}; without the round's test "
+        f"evaluations (plain has none): {(t_round - test) / t_plain:.3f}; "
+        f"peak RSS {peak_rss_mb():.0f} MB", flush=True)
+
+
+def check_flags():
+  """Raises app.UsageError for sizes the round cannot run."""
+  conv2_every = FLAGS.conv2_eval_every or FLAGS.eval_every
+  for name, every in (("lenet_iterations", FLAGS.eval_every),
+                      ("conv2_iterations", conv2_every)):
+    value = FLAGS[name].value
+    if every < 1 or value < every or value % every:
+      raise app.UsageError(f"--{name}={value} must be a positive multiple of its eval_every "
+                           f"({every})")
+  if FLAGS.repeats < 1 or FLAGS.batch_size < 1:
+    raise app.UsageError("--repeats and --batch_size must be at least 1")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("lenet_iterations", "conv2_iterations"):
-    value = FLAGS[name].value
-    if value < FLAGS.eval_every or value % FLAGS.eval_every:
-      raise app.UsageError(f"--{name}={value} must be a positive multiple of "
-                           f"--eval_every={FLAGS.eval_every}")
-  if FLAGS.repeats < 1:
-    raise app.UsageError(f"--repeats={FLAGS.repeats} must be at least 1")
+  check_flags()
   setup_tensorflow(FLAGS.threads, FLAGS.deterministic)
   print(f"round_overhead: one process, contenders alternated (ABBA), median of "
         f"{FLAGS.repeats} repeat(s); intra-op threads {FLAGS.threads or 'all'}; "
         f"deterministic ops {FLAGS.deterministic}; first calls excluded from the medians")
   lenet = benchmark("lenet300_100", "Fashion-MNIST", fashion_mnist(FLAGS.manual_dir),
-                    FLAGS.lenet_iterations, experiment.PAPER["lenet300_100"]["learning_rate"])
-  sizes = [int(s) for s in FLAGS.conv2_sizes]
+                    FLAGS.lenet_iterations, FLAGS.eval_every,
+                    experiment.PAPER["lenet300_100"]["learning_rate"])
   conv2 = benchmark("conv2", "SYNTHETIC random uint8 CIFAR-shaped (32x32x3) data",
-                    cifar_shaped(sizes), FLAGS.conv2_iterations,
+                    cifar_shaped([int(s) for s in FLAGS.conv2_sizes]), FLAGS.conv2_iterations,
+                    FLAGS.conv2_eval_every or FLAGS.eval_every,
                     experiment.PAPER["conv2"]["learning_rate"])
   print(f"round/plain lenet300_100={lenet:.3f} conv2={conv2:.3f}")
 
