@@ -376,7 +376,8 @@ def test_ray_resumes_a_local_run_survives_killed_workers_and_equals_local_byte_f
   text = log.read_text()
   assert killed, text[-3000:]
   assert "ray: 1 of 6 stages already finished" in text
-  assert "[ticket trial 1 round 0] resuming from iteration 100" in text
+  # the kill comes after a checkpoint (at 100, or 200 on a slow machine) and before metrics.json
+  assert re.search(r"\[ticket trial 1 round 0\] resuming from iteration [12]00", text)
   assert "ray: 6/6 stages done, 0 running, 0 waiting" in text
   assert "Traceback" not in text
   assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()

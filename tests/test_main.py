@@ -90,10 +90,10 @@ def test_conv2_on_cifar10_with_default_flags_trains_and_exports(tmp_path):
   proc = subprocess.run(
       [sys.executable, str(REPO / "tests" / "mock_cli.py"), "--model=conv2", "--rounds=1",
        "--iterations=10", "--eval_every=10", "--batch_size=10", "--checkpoint_every=0",
-       f"--output_dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+       "--controls=", f"--output_dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = artifacts.read_results(f"{out}/results.csv")
-  assert [(r["arm"], r["round"]) for r in rows] == [("ticket", 0), ("ticket", 1), ("reinit", 1)]
+  assert [(r["arm"], r["round"]) for r in rows] == [("ticket", 0), ("ticket", 1)]
   flags_cfg = (out / "flags.cfg").read_text()
   assert "--dataset=cifar10" in flags_cfg and "--xla=False" in flags_cfg
   assert "--deterministic=True" in flags_cfg
