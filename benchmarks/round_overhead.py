@@ -57,17 +57,6 @@ def define_flags():
                     "in the round, as lth_tf.main --test_curve does.")
 
 
-def setup_tensorflow(threads, deterministic, seed=0):
-  """The thread count and determinism lth_tf.main sets, before any TF op runs."""
-  import tensorflow as tf
-  import tf_keras
-
-  tf.config.threading.set_intra_op_parallelism_threads(threads)
-  tf_keras.utils.set_random_seed(seed)
-  if deterministic:
-    tf.config.experimental.enable_op_determinism()
-
-
 def fashion_mnist(manual_dir):
   """Fashion-MNIST with the experiment's validation split."""
   return data.load("fashion_mnist", manual_dir=manual_dir,
@@ -289,7 +278,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   check_flags()
-  setup_tensorflow(FLAGS.threads, FLAGS.deterministic)
+  experiment.setup_tensorflow(FLAGS.threads, seed=0, deterministic=FLAGS.deterministic)
   print(f"round_overhead: one process, contenders alternated (ABBA), median of "
         f"{FLAGS.repeats} repeat(s); intra-op threads {FLAGS.threads or 'all'}; "
         f"deterministic ops {FLAGS.deterministic}; first calls excluded from the medians")

@@ -78,7 +78,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.rounds < 1 or FLAGS.eval_every < 1 or FLAGS.iterations % FLAGS.eval_every:
     raise app.UsageError("--rounds must be >= 1 and --iterations a multiple of --eval_every")
-  round_overhead.setup_tensorflow(FLAGS.threads, FLAGS.deterministic)
+  experiment.setup_tensorflow(FLAGS.threads, seed=0, deterministic=FLAGS.deterministic)
   print(f"round_stability: LeNet-300-100 on Fashion-MNIST, {FLAGS.rounds} pruned rounds of "
         f"{FLAGS.iterations} iterations after the dense round 0, one Trainer and model reused; "
         f"intra-op threads {FLAGS.threads or 'all'}", flush=True)

@@ -69,12 +69,13 @@ CLAIMS = (
 def paired(rows, a, b, metric, rnd):
   """{trial: a - b} for ``metric`` at round ``rnd``, over trials where both finished without
   diverging; arm "dense" is the ticket's round 0 of the same trial."""
+  scale = 100.0 if metric == "early_stop_test_accuracy" else 1.0
+  values = {(r["arm"], r["trial"], r["round"]): r[metric] * scale
+            for r in rows if not r["diverged"]}
+
   def value(arm, trial):
-    arm, rnd_ = ("ticket", 0) if arm == "dense" else (arm, rnd)
-    for r in rows:
-      if (r["arm"], r["trial"], r["round"]) == (arm, trial, rnd_) and not r["diverged"]:
-        return r[metric] * (100.0 if metric == "early_stop_test_accuracy" else 1.0)
-    return None
+    return values.get(("ticket", trial, 0) if arm == "dense" else (arm, trial, rnd))
+
   diffs = {}
   for t in sorted({r["trial"] for r in rows}):
     va, vb = value(a, t), value(b, t)
