@@ -19,7 +19,7 @@ from absl import app, flags
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from benchmarks import round_overhead
-from lth_tf import experiment, masks, models, pruning, ticket
+from lth_tf import experiment, masks, pruning, ticket
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 10, "Pruned rounds after the dense round 0.")
@@ -31,6 +31,13 @@ flags.DEFINE_string("manual_dir", round_overhead.MANUAL_DIR,
                     "Folder with the Fashion-MNIST archives.")
 
 PAPER = experiment.PAPER["lenet300_100"]
+# The experiment's ticket arm at the paper's rates (fc 20%, output 10%); only the fields that
+# set pruning targets matter here.
+CONFIG = experiment.Config(
+    model="lenet300_100", dataset="fashion_mnist", rounds=1, iterations=100,
+    batch_size=experiment.PAPER_BATCH_SIZE, learning_rate=PAPER["learning_rate"], eval_every=100,
+    prune_rate_conv=PAPER["prune_rate_conv"], prune_rate_fc=PAPER["prune_rate_fc"],
+    prune_rate_output=PAPER["prune_rate_output"])
 
 
 def current_rss_mb():
@@ -40,18 +47,11 @@ def current_rss_mb():
   return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def layer_rates(model):
-  """{layer: per-round rate} by kind, the paper's: fc 20%, output 10%."""
-  return {name: PAPER[f"prune_rate_{models.layer_kind(w.layer)}"]
-          for name, w in ticket.wrappers(model).items()}
-
-
 def next_mask(model, mask, round_):
-  """Round ``round_``'s mask: the trained kernels' survivors, layerwise by magnitude."""
-  kernels = ticket.get_kernels(model)
-  sizes = {n: k.size for n, k in kernels.items()}
-  targets = pruning.layerwise_targets(sizes, layer_rates(model), round_)
-  return pruning.prune("magnitude", kernels, mask, targets)
+  """Round ``round_``'s mask: the trained kernels' survivors, layerwise by magnitude, at the
+  experiment's own targets (experiment.round_targets)."""
+  return pruning.prune("magnitude", ticket.get_kernels(model), mask,
+                       experiment.round_targets(CONFIG, model, round_))
 
 
 def run_rounds(lottery, rounds, iterations):

@@ -1,21 +1,22 @@
-"""Where an experiment's stages run: all in this process (``local``), or as Ray tasks (``ray``).
+"""Where an experiment's stages run: all in this process (``local``), or on Ray (``ray``).
 
 Every stage (arm, trial, round) writes its own files into the output dir and needs only the
 files of the stages ``experiment.dependencies`` names, so stages of different trials, and the
 controls of a round, can train at the same time on different cores or machines. The Ray
-driver submits each stage as a task as soon as its dependencies are finished; a task, in its
-worker process, sets TensorFlow up exactly as ``lth_tf.main`` does, loads the data, and runs
-the stage (``experiment.run_stage``). The driver alone writes results.csv (after every
-finished stage) and the TensorBoard summary. Stages already finished (their metrics.json
-exists) are not resubmitted, and an interrupted stage resumes from its checkpoint, so an
-experiment can be resumed with either executor. Results are bit-identical to the local loop
-at the same ``--threads``: every seed derives from (seed, trial, arm, round), never from the
-order or the process stages run in.
+driver starts one worker (a Ray actor, ``StageWorker``) per stage the cluster can train at
+once; each sets TensorFlow up exactly as ``lth_tf.main`` does, loads the data and compiles
+the model once, and then trains the stages the driver gives it (``experiment.run_stage``),
+each as soon as its dependencies are finished. The driver alone writes results.csv (after
+every finished stage) and the TensorBoard summary. Stages already finished (their
+metrics.json exists) are not given out again, and an interrupted stage resumes from its
+checkpoint, so an experiment can be resumed with either executor. Results are bit-identical
+to the local loop at the same ``--threads``: every seed derives from (seed, trial, arm,
+round), never from the order or the process stages run in.
 
 Ray is optional (``pip install 'lth-tf[ray]'``); this module imports it only in ``run_ray``.
 
-A Job carries ``--strategy`` and ``--cpu_devices``: with ``mirrored`` each task trains its
-stage on the devices it reserves (``--ray_gpus_per_task``, or logical CPUs). ``lth_tf.main``
+A Job carries ``--strategy`` and ``--cpu_devices``: with ``mirrored`` each worker trains its
+stages on the devices it reserves (``--ray_gpus_per_task``, or logical CPUs). ``lth_tf.main``
 refuses ``multi_worker_mirrored`` with Ray: one training across TF_CONFIG workers is not a task.
 """
 import dataclasses
@@ -27,8 +28,8 @@ from absl import logging
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from lth_tf import artifacts, data, distribute, experiment
 
-# Ray re-runs a task whose worker process died (not one that raised) this many times; the
-# rerun resumes the stage from its last checkpoint.
+# Ray restarts a worker whose process died (not one whose stage raised) this many times and
+# reruns its stage there, which resumes from the stage's last checkpoint.
 MAX_RETRIES = 3
 
 
@@ -74,9 +75,6 @@ def label(stage):
 
 # ---- worker side -----------------------------------------------------------------------------
 
-_WORKER = {}  # per worker process: the last job's splits and _StageRun, reused by its stages
-
-
 def load_splits(cfg, data_dir, manual_dir):
   """The experiment's data splits, checked against the dataset's image shape."""
   splits = data.load(cfg.dataset, data_dir, manual_dir,
@@ -88,26 +86,29 @@ def load_splits(cfg, data_dir, manual_dir):
   return splits
 
 
-def run_stage_task(job, stage):
-  """A Ray task: runs ``stage`` of ``job`` in this worker process; returns its metrics row.
+class StageWorker:
+  """One worker process of a job (a Ray actor): it sets TensorFlow up as ``lth_tf.main``
+  does, loads the data and compiles the model once, then trains the stages it is given.
 
-  The worker keeps the data and the compiled model between the stages it runs.
+  Keeping them in the actor, not in the process's globals, is what lets a worker run many
+  stages for the cost of one start (~15 s of imports, data and XLA compilation).
   """
-  logging.set_verbosity(logging.INFO)
-  strategy = experiment.setup_tensorflow(job.threads, job.cfg.seed, job.deterministic,
-                                         job.cpu_devices, job.strategy)
-  data_key = (job.cfg.dataset, job.cfg.seed, job.data_dir, job.manual_dir)
-  if _WORKER.get("data_key") != data_key:
-    _WORKER.clear()
-    _WORKER.update(data_key=data_key,
-                   splits=load_splits(job.cfg, job.data_dir, job.manual_dir))
-  splits = _WORKER["splits"]
-  if _WORKER.get("job") != job:
-    _WORKER["job"], _WORKER["run"] = job, experiment._StageRun(
-        job.cfg.validate(), job.output_dir, splits, job.checkpoint_every, job.jit_compile, (),
-        job.export, job.logdir, strategy)
-  metrics = experiment.run_stage(job.cfg, job.output_dir, splits, stage, run_=_WORKER["run"])
-  return {k: metrics[k] for k in (*artifacts.RESULT_COLUMNS, "seconds")}
+
+  def __init__(self, job):
+    logging.set_verbosity(logging.INFO)
+    self.job = job
+    strategy = experiment.setup_tensorflow(job.threads, job.cfg.seed, job.deterministic,
+                                           job.cpu_devices, job.strategy)
+    self.splits = load_splits(job.cfg, job.data_dir, job.manual_dir)
+    self.run_ = experiment._StageRun(job.cfg.validate(), job.output_dir, self.splits,
+                                     job.checkpoint_every, job.jit_compile, (), job.export,
+                                     job.logdir, strategy)
+
+  def run(self, stage):
+    """Trains ``stage`` (resuming it from its checkpoint); returns its results.csv row."""
+    metrics = experiment.run_stage(self.job.cfg, self.job.output_dir, self.splits, stage,
+                                   run_=self.run_)
+    return {k: metrics[k] for k in (*artifacts.RESULT_COLUMNS, "seconds")}
 
 
 # ---- driver side -----------------------------------------------------------------------------
@@ -167,9 +168,22 @@ def _init_ray(ray, address, cpus_per_task, gpus_per_task):
                total.get("GPU", 0), cpus_per_task, gpus_per_task)
 
 
+def worker_slots(resources, cpus_per_task, gpus_per_task):
+  """How many stages a cluster with ``resources`` ({"CPU": n, "GPU": m}) trains at once."""
+  slots = int(resources.get("CPU", 0) // cpus_per_task) if cpus_per_task else 1 << 30
+  if gpus_per_task:
+    slots = min(slots, int(resources.get("GPU", 0) // gpus_per_task))
+  return max(1, slots)
+
+
 def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="continue",
             max_retries=MAX_RETRIES):
-  """Runs (or resumes) every stage of ``job`` as Ray tasks; returns results.csv rows.
+  """Runs (or resumes) every stage of ``job`` on Ray workers; returns results.csv rows.
+
+  The driver starts one StageWorker actor per stage the cluster can train at once (its CPUs
+  / ``cpus_per_task``, and GPUs / ``gpus_per_task``; nodes that join later are not used) and
+  gives each idle worker the next stage whose dependencies are finished. A worker whose
+  process dies is restarted and its stage rerun, up to ``max_retries`` times.
 
   ``address``: None starts a local Ray with all cores; ``"auto"`` or ``host:port`` joins a
   running cluster, whose every node must have lth_tf installed and see ``job.output_dir`` and
@@ -197,7 +211,7 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
       stop.append(stage)
     if stage[0] == "ticket":  # as the local loop: the rest of its trial is not run
       later = {s for s in order if s[1] == stage[1] and position[s] > position[stage]
-               and s not in done and s not in running.values()}
+               and s not in done and s not in (r for r, _ in running.values())}
       if later - skipped:
         logging.warning("trial %d ends at round %d: its ticket diverged", stage[1], stage[2])
       skipped.update(later)
@@ -210,9 +224,14 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
     logging.info("ray: %d of %d stages already finished", len(done), len(order))
 
   _init_ray(ray, address, cpus_per_task, gpus_per_task)
-  task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
-                    max_retries=max_retries)(run_stage_task)
+  todo = len(order) - len(done) - len(skipped)
+  count = min(worker_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task), todo)
+  worker = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_restarts=max_retries,
+                      max_task_retries=max_retries)(StageWorker)
   job_ref = ray.put(job)
+  idle = [worker.remote(job_ref) for _ in range(count)]
+  if count:
+    logging.info("ray: %d workers, each training one stage at a time", count)
 
   def progress():
     waiting = len(order) - len(done) - len(running) - len(skipped)
@@ -223,21 +242,24 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
     while True:
       if not failures and not stop:
         for stage in order:
-          if (stage not in done and stage not in skipped and stage not in running.values()
+          if (idle and stage not in done and stage not in skipped
+              and stage not in (s for s, _ in running.values())
               and all(d in done for d in deps[stage])):
-            running[task.remote(job_ref, stage)] = stage
+            w = idle.pop(0)
+            running[w.run.remote(stage)] = stage, w
             logging.info("ray: started %s", label(stage))
       progress()
       if not running:
         break
       ready, _ = ray.wait(list(running), num_returns=1)
-      stage = running.pop(ready[0])
+      stage, w = running.pop(ready[0])
       try:
         row = ray.get(ready[0])
-      except Exception as e:  # the task raised, or its worker died more than max_retries times
+      except Exception as e:  # the stage raised, or its worker died more than max_retries times
         failures.append(f"{label(stage)} failed: {_error_line(e)}")
         logging.error("ray: %s", failures[-1])
         continue
+      idle.append(w)
       logging.info("ray: finished %s in %.1f s: early stop at %d, test accuracy %.4f",
                    label(stage), row["seconds"], row["early_stop_iteration"],
                    row["early_stop_test_accuracy"])

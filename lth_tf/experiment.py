@@ -126,8 +126,10 @@ class Config:
     if self.dataset not in data.SHAPES:
       raise ConfigError(f"--dataset={self.dataset} is unknown; use one of "
                         f"{', '.join(data.SHAPES)}")
-    if self.model.startswith("conv") and data.SHAPES[self.dataset][0] % 8:
-      raise ConfigError(f"--model={self.model} does not fit --dataset={self.dataset}")
+    pools = models.ARCHITECTURES[self.model][0].count("pool") if self.model in models.PLAIN else 0
+    if data.SHAPES[self.dataset][0] < 2 ** pools:  # max-pooling floors odd sizes (28 -> 3 ok)
+      raise ConfigError(f"--model={self.model} pools {pools} times and needs images of at "
+                        f"least {2 ** pools} pixels; use another --dataset")
     if self.model in models.VGG and data.SHAPES[self.dataset][0] % 16:
       raise ConfigError(f"--model={self.model} needs images a multiple of 16 pixels wide; "
                         f"use --dataset=cifar10")
@@ -285,6 +287,20 @@ def derive_seed(*parts):
   return int(np.random.SeedSequence(ints).generate_state(1)[0] % (2**31 - 1))
 
 
+def initial_weights(cfg, seed, shape=None):
+  """The weights ``cfg``'s initializer draws with ``seed`` (θ0 of a trial, or a reinit
+  control's fresh weights): a pure function of the two, so a lost theta0.npz is redrawn
+  bit for bit. ``shape``: the images' shape (default: the dataset's)."""
+  return ticket.get_weights(models.build(cfg.model, shape or data.SHAPES[cfg.dataset],
+                                         init=cfg.initializer, seed=seed,
+                                         init_scale=cfg.init_scale))
+
+
+def theta0_seed(cfg, trial):
+  """The seed of ``trial``'s θ0 (trial 0's for every trial with --same_init)."""
+  return derive_seed(cfg.seed, 0 if cfg.same_init else trial, "init")
+
+
 def stage_dir(output_dir, arm, trial, round_):
   return f"{output_dir}/{arm}/trial_{trial}/round_{round_}"
 
@@ -306,6 +322,23 @@ def layer_rates(cfg, model):
   by_kind = {"conv": cfg.prune_rate_conv, "fc": cfg.prune_rate_fc,
              "output": cfg.prune_rate_output}
   return {name: by_kind[models.layer_kind(w.layer)] for name, w in ticket.wrappers(model).items()}
+
+
+def round_targets(cfg, model, round_):
+  """How many weights each group of ``model``'s prunable layers keeps after ``round_`` rounds:
+  [((layer, ...), count)], the targets pruning.prune takes.
+
+  IMP and early-bird use the paper's per-layer rates (or one global group for
+  --pruning=global, the output layer apart unless --global_output_layer); SNIP, GraSP and
+  SynFlow rank scores globally, as in their papers.
+  """
+  rates = layer_rates(cfg, model)
+  sizes = {n: k.size for n, k in ticket.get_kernels(model).items()}
+  if cfg.pruning in ("layerwise", "early_bird"):
+    return pruning.layerwise_targets(sizes, rates, round_)
+  pooled = [n for n, w in ticket.wrappers(model).items()
+            if cfg.global_output_layer or models.layer_kind(w.layer) != "output"]
+  return pruning.global_targets(sizes, pooled, cfg.prune_rate, rates, round_)
 
 
 def make_trainer(cfg, model, jit_compile=True, strategy=None):
@@ -368,29 +401,18 @@ class _Run:
     self.train = training.Split.of(splits.train_x, splits.train_y)
     self.val = training.Split.of(splits.val_x, splits.val_y)
     self.test = training.Split.of(splits.test_x, splits.test_y)
-    self.rates = layer_rates(cfg, self.model)
     self.sizes = {n: k.size for n, k in ticket.get_kernels(self.model).items()}
-    self.output_layer = next(n for n, w in ticket.wrappers(self.model).items()
-                             if models.layer_kind(w.layer) == "output")
 
   def scope(self):
     """The strategy's scope, or no context for the default strategy."""
     return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
   def fresh_weights(self, seed):
-    return ticket.get_weights(models.build(self.cfg.model, self.shape, init=self.cfg.initializer,
-                                           seed=seed, init_scale=self.cfg.init_scale))
+    return initial_weights(self.cfg, seed, self.shape)
 
   def targets(self, round_):
-    """How many weights each group of layers keeps after ``round_`` rounds.
-
-    IMP and early-bird use the paper's per-layer rates (or one global group for
-    --pruning=global); SNIP, GraSP and SynFlow rank scores globally, as in their papers.
-    """
-    if self.cfg.pruning in ("layerwise", "early_bird"):
-      return pruning.layerwise_targets(self.sizes, self.rates, round_)
-    pooled = [n for n in self.sizes if self.cfg.global_output_layer or n != self.output_layer]
-    return pruning.global_targets(self.sizes, pooled, self.cfg.prune_rate, self.rates, round_)
+    """How many weights each group of layers keeps after ``round_`` rounds (round_targets)."""
+    return round_targets(self.cfg, self.model, round_)
 
   def rewinder(self, trial):
     """The RewindCallback of ``trial``: θ0, or θ_k saved during the dense round."""
@@ -431,7 +453,7 @@ class _Run:
     return init, seed
 
   def theta0_seed(self, trial):
-    return derive_seed(self.cfg.seed, 0 if self.cfg.same_init else trial, "init")
+    return theta0_seed(self.cfg, trial)
 
   def mask_seed(self, arm, trial, round_):
     """Seed of a random mask (random_prune); None for masks that are not random."""

@@ -6,7 +6,7 @@ before TensorFlow initialises), on 2 logical CPUs with --strategy=mirrored:
    evaluation over padded per-replica shards equals the one-device evaluation;
 2. an experiment, checking every replica's copy of the variables at the start and end of
    each stage; and the same experiment with no strategy (and no XLA) for comparison;
-3. the Ray worker's path (executor.run_stage_task with the strategy in the Job) for the dense
+3. the Ray worker's path (executor.StageWorker with the strategy in the Job) for the dense
    round, then the ticket's round 1 interrupted after its checkpoint and resumed: both
    bit-identical to the experiment of 2.
 
@@ -128,7 +128,7 @@ def main(out):
   executor.load_splits = lambda *args: splits  # no dataset: the synthetic splits
   job = executor.Job(cfg, f"{out}/worker", jit_compile=False, threads=1, strategy="mirrored",
                      cpu_devices=2)
-  worker_row = executor.run_stage_task(job, ("ticket", 0, 0))
+  worker_row = executor.StageWorker(job).run(("ticket", 0, 0))
   short = experiment.Config(**{**cfg.__dict__, "rounds": 1, "controls": ()})
   try:
     experiment.run(short, f"{out}/worker", splits, strategy=strategy, checkpoint_every=40,

@@ -89,13 +89,16 @@ def test_a_stage_needing_theta_k_refuses_to_run_before_the_dense_round(tmp_path,
 # ---- the Ray driver's scheduling, on a stand-in for Ray ----------------------------------------
 
 class FakeRay:
-  """Just enough of Ray for executor.run_ray: a task runs in this process when waited for.
+  """Just enough of Ray for executor.run_ray: actors live in this process, and a stage given
+  to one runs when waited for.
 
-  Checks that every task is submitted only once its dependencies' metrics.json exist."""
+  Checks that every stage is given out only once its dependencies' metrics.json exist, and
+  only to an idle worker."""
 
-  def __init__(self, cfg, out):
+  def __init__(self, cfg, out, resources=None):
     self.deps, self.out = experiment.dependencies(cfg), out
-    self.pending, self.results, self.submitted, self.waves = [], {}, [], []
+    self.resources = resources or {"CPU": 4.0, "GPU": 1.0}
+    self.pending, self.results, self.submitted, self.waves, self.workers = [], {}, [], [], []
 
   def init(self, **kw):
     self.init_kw = kw
@@ -104,7 +107,7 @@ class FakeRay:
     self.shut_down = True
 
   def cluster_resources(self):
-    return {"CPU": 2.0}
+    return self.resources
 
   def put(self, value):
     return value
@@ -112,27 +115,43 @@ class FakeRay:
   def remote(self, **opts):
     self.opts, fake = opts, self
 
-    class Task:
-      def remote(self, job, stage):
-        for d in fake.deps[stage]:
-          assert artifacts.exists(f"{experiment.stage_dir(fake.out, *d)}/metrics.json"), (stage, d)
-        ref = len(fake.submitted)
-        fake.submitted.append(stage)
-        fake.pending.append((ref, job, stage))
-        return ref
+    class Actor:
+      def __init__(self, instance):
+        self.instance, self.busy = instance, False
+        actor = self
 
-    def wrap(fn):
-      self.fn = fn
-      return Task()
+        class Run:
+          def remote(self, stage):
+            assert not actor.busy, "a stage given to a busy worker"
+            for d in fake.deps[stage]:
+              assert artifacts.exists(f"{experiment.stage_dir(fake.out, *d)}/metrics.json"), (
+                  stage, d)
+            actor.busy = True
+            ref = len(fake.submitted)
+            fake.submitted.append(stage)
+            fake.pending.append((ref, actor, stage))
+            return ref
+        self.run = Run()
+
+    class ActorClass:
+      def remote(self, job):
+        actor = Actor(fake.cls(job))
+        fake.workers.append(actor)
+        return actor
+
+    def wrap(cls):
+      self.cls = cls
+      return ActorClass()
     return wrap
 
   def wait(self, refs, num_returns=1):
     self.waves.append(sorted(stage for _, _, stage in self.pending))
-    ref, job, stage = self.pending.pop(0)
+    ref, actor, stage = self.pending.pop(0)
     try:
-      self.results[ref] = (self.fn(job, stage), None)
+      self.results[ref] = (actor.instance.run(stage), None)
     except Exception as e:  # noqa: BLE001
       self.results[ref] = (None, e)
+    actor.busy = False
     return [ref], [r for r in refs if r != ref]
 
   def get(self, ref):
@@ -147,10 +166,9 @@ def fake_ray(monkeypatch, splits):
   from lth_tf import executor
   monkeypatch.setattr(executor, "load_splits", lambda *a: splits)
   monkeypatch.setattr(experiment, "setup_tensorflow", lambda *a: None)  # this process's TF is set
-  monkeypatch.setattr(executor, "_WORKER", {})
 
-  def make(cfg, out):
-    fake = FakeRay(cfg, out)
+  def make(cfg, out, resources=None):
+    fake = FakeRay(cfg, out, resources)
     monkeypatch.setitem(sys.modules, "ray", fake)
     return fake
   return make
@@ -179,14 +197,30 @@ def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, f
     b = artifacts.read_weights(f"{experiment.stage_dir(out, arm, t, r)}/weights.npz")
     for n in a:
       np.testing.assert_array_equal(a[n][0], b[n][0])
-  assert fake.opts == dict(num_cpus=2, num_gpus=0.5, max_retries=executor.MAX_RETRIES)
+  assert fake.opts == dict(num_cpus=2, num_gpus=0.5, max_restarts=executor.MAX_RETRIES,
+                           max_task_retries=executor.MAX_RETRIES)
+  assert len(fake.workers) == 2  # min(4 CPUs / 2, 1 GPU / 0.5)
   assert fake.init_kw == dict(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
   assert fake.waves[0] == [("ticket", 0, 0), ("ticket", 1, 0)]  # both trials at once
   assert fake.submitted.index(("ticket", 1, 0)) < fake.submitted.index(("ticket", 0, 1))
   assert sorted(fake.submitted) == sorted(cfg.stages()) and fake.shut_down
   again = fake_ray(cfg, out)  # resume: finished stages are not submitted again
   assert executor.run_ray(_job(cfg, out), address="auto") == local
-  assert again.submitted == [] and again.init_kw == dict(address="auto")
+  assert again.submitted == [] and again.workers == []
+  assert again.init_kw == dict(address="auto")
+
+
+def test_ray_workers_are_one_per_slot_and_reused(tmp_path, splits, fake_ray):
+  """One worker per stage the cluster trains at once; a worker runs stage after stage."""
+  from lth_tf import executor
+  assert executor.worker_slots({"CPU": 8.0}, 2, 0) == 4
+  assert executor.worker_slots({"CPU": 8.0, "GPU": 2.0}, 1, 1) == 2
+  assert executor.worker_slots({"CPU": 1.0}, 2, 0) == 1  # too small: one, which waits
+  cfg = _cfg(rounds=1, trials=2, controls=("reinit",), iterations=40)
+  fake = fake_ray(cfg, str(tmp_path), resources={"CPU": 3.0})
+  executor.run_ray(_job(cfg, str(tmp_path)))
+  assert len(fake.workers) == 3 and len(fake.submitted) == 6
+  assert max(len(w) for w in fake.waves) <= 3
 
 
 def test_ray_driver_reports_a_failed_stage_and_lets_the_running_ones_finish(tmp_path, fake_ray):
@@ -356,12 +390,14 @@ def test_ray_resumes_a_local_run_survives_killed_workers_and_equals_local_byte_f
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not killed:
       # the worker training the stage, from its log lines, once the stage has a checkpoint
-      worker = re.search(r"\(run_stage_task pid=(\d+)\).*\[ticket trial 1 round 0\]", log.read_text())
-      if (worker and list((stage / "checkpoint").glob("ckpt-*.index"))
+      worker = re.search(r"\(StageWorker pid=(\d+)\).*\[ticket trial 1 round 0\]", log.read_text())
+      # (the index file CheckpointManager reads is written last: a kill before it restarts
+      # the stage from its beginning, correctly, but then there is no resume to check)
+      if (worker and (stage / "checkpoint" / "checkpoint").exists()
           and not (stage / "metrics.json").exists()):
         pid = int(worker.group(1))
         assert pid in _descendants(proc.pid)  # our driver's own Ray
-        assert _cmdline(pid).startswith("ray::run_stage_task")
+        assert _cmdline(pid).startswith("ray::StageWorker")
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
       time.sleep(0.02)

@@ -170,6 +170,17 @@ def test_config_validation_names_the_flag():
     _cfg(rounds=-1).validate()
 
 
+@pytest.mark.parametrize("model,flat", [("conv2", 14 * 14 * 64), ("conv4", 7 * 7 * 128),
+                                        ("conv6", 3 * 3 * 256)])
+def test_conv_models_fit_28_pixel_images(model, flat):
+  """Conv-2/4/6 on (Fashion-)MNIST: max-pooling floors 7 to 3, as the paper's pools would."""
+  from lth_tf import models
+  _cfg(model=model, dataset="fashion_mnist").validate()
+  net = models.build(model, (28, 28, 1))
+  assert net.get_layer("fc1").kernel.shape == (flat, 256)
+  assert net(np.zeros((2, 28, 28, 1), np.uint8)).shape == (2, 10)
+
+
 def test_seeds_are_pure_functions_of_their_parts():
   assert experiment.derive_seed(0, 1, "reinit", 2) == experiment.derive_seed(0, 1, "reinit", 2)
   assert experiment.derive_seed(0, 1, "reinit", 2) != experiment.derive_seed(0, 1, "reinit", 3)

@@ -206,6 +206,33 @@ def test_supermask_of_dense_theta0_is_the_fresh_models_accuracy(study_exp, prope
                 metric="untrained_test_accuracy") == pytest.approx(accuracy, abs=1e-6)
 
 
+def test_properties_without_theta0_and_weights_files(study_exp, properties_rows, splits,
+                                                    tmp_path):
+  """theta0.npz and weights.npz stay out of git: θ0 is redrawn bit for bit from its seed, and
+  a stage without weights.npz keeps its trained-weight metrics from the previous CSV (or has
+  none), while its θ0-and-mask metrics are computed as before."""
+  _, out, _ = study_exp
+  _, rows = properties_rows
+  copy = tmp_path / "exp"
+  shutil.copytree(out, copy, ignore=shutil.ignore_patterns("plots"))
+  for trial in (0, 1):
+    os.remove(experiment.theta0_path(str(copy), trial))
+    theta0 = common.load(str(copy)).theta0(trial)
+    for n, ws in artifacts.read_weights(experiment.theta0_path(out, trial)).items():
+      for a, b in zip(ws, theta0[n], strict=True):
+        np.testing.assert_array_equal(a, b)
+  lost = ("reinit", 1, 2)
+  os.remove(f"{experiment.stage_dir(str(copy), *lost)}/weights.npz")
+  properties.run(str(copy), splits=splits, jit_compile=False)
+  assert common.read_csv(f"{copy}/study_properties.csv") == rows
+  os.remove(f"{copy}/study_properties.csv")  # no previous values to fall back on
+  properties.run(str(copy), splits=splits, jit_compile=False)
+  again = common.read_csv(f"{copy}/study_properties.csv")
+  stage = lambda r: (r["arm"], r["trial"], r["round"])
+  assert [r for r in again if stage(r) != lost] == [r for r in rows if stage(r) != lost]
+  assert {r["metric"] for r in again if stage(r) == lost} == {"untrained_test_accuracy"}
+
+
 def test_properties_figures_exist(study_exp, properties_rows):
   _, out, _ = study_exp
   paths, _ = properties_rows

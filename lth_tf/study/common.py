@@ -78,11 +78,20 @@ class Experiment:
     """The stage's trained weights (weights.npz), {layer: [kernel, bias]}."""
     return artifacts.read_weights(f"{self.stage_dir(arm, trial, round_)}/weights.npz")
 
+  def has_weights(self, arm, trial, round_):
+    """Whether the stage's weights.npz is here (it stays out of git)."""
+    return artifacts.exists(f"{self.stage_dir(arm, trial, round_)}/weights.npz")
+
   def metrics(self, arm, trial, round_):
     return artifacts.read_json(f"{self.stage_dir(arm, trial, round_)}/metrics.json")
 
   def theta0(self, trial):
-    return artifacts.read_weights(experiment.theta0_path(self.output_dir, trial))
+    """θ0 of ``trial``: theta0.npz, or redrawn from its seed where that file is gone (weights
+    stay out of git; the draw is a pure function of the seed, so it is the same θ0)."""
+    path = experiment.theta0_path(self.output_dir, trial)
+    if artifacts.exists(path):
+      return artifacts.read_weights(path)
+    return experiment.initial_weights(self.cfg, experiment.theta0_seed(self.cfg, trial))
 
   def resolve(self, path):
     """A path from flags.cfg, which is relative to the folder lth_tf.main ran in.

@@ -36,13 +36,6 @@ def apply_mask(weights, mask):
   return {n: [ws[0] * mask[n], *ws[1:]] if n in mask else list(ws) for n, ws in weights.items()}
 
 
-def fresh_weights(cfg, seed):
-  """The weights the reinit control draws with ``seed``: experiment._Run.fresh_weights."""
-  return ticket.get_weights(models.build(cfg.model, data.SHAPES[cfg.dataset],
-                                         init=cfg.initializer, seed=seed,
-                                         init_scale=cfg.init_scale))
-
-
 def rewind_weights(exp, trial):
   """What tickets are reset to: θ0, or θ_k saved during the dense round (late resetting)."""
   if exp.cfg.rewind == "iteration":
@@ -61,7 +54,7 @@ def init_seed(exp, arm, trial, round_):
     return int(seeds["init"])
   if arm == "reinit":  # metrics.json from before seeds were recorded: the same derivation
     return experiment.derive_seed(exp.cfg.seed, trial, arm, round_)
-  return experiment.derive_seed(exp.cfg.seed, 0 if exp.cfg.same_init else trial, "init")
+  return experiment.theta0_seed(exp.cfg, trial)
 
 
 def start_weights(exp, arm, trial, round_, mask, seed=None):
@@ -79,7 +72,7 @@ def start_weights(exp, arm, trial, round_, mask, seed=None):
     base = {n: [np.sign(ws[0]) * ws[0].std(), *ws[1:]] if n in mask else ws
             for n, ws in rewind_weights(exp, trial).items()}
   elif arm == "reinit":
-    base = fresh_weights(cfg, init_seed(exp, arm, trial, round_) if seed is None else seed)
+    base = experiment.initial_weights(cfg, init_seed(exp, arm, trial, round_) if seed is None else seed)
   elif round_ == 0:
     base = exp.theta0(trial)
   else:  # rewind=none: the previous ticket round's trained weights
@@ -149,8 +142,17 @@ def load_test_split(exp, data_dir=None, manual_dir=None):
   return data.load(exp.cfg.dataset, data_dir, manual_dir)
 
 
-def stage_rows(exp, evaluator, arm, trial, round_, theta0):
-  """The study_properties.csv rows of one finished stage."""
+FINAL_METRICS = ("final_sign_equals_theta0", "final_sign_equals_start", "distance_travelled")
+
+
+def stage_rows(exp, evaluator, arm, trial, round_, theta0, previous=None):
+  """The study_properties.csv rows of one finished stage.
+
+  The metrics of the trained weights (FINAL_METRICS) need the stage's weights.npz, which
+  stays out of git: where it is gone they are taken from ``previous`` ({(arm, trial, round,
+  layer, metric): value}, an earlier study_properties.csv) or left out. The others need only
+  θ0 and the mask, which are always there.
+  """
   result = exp.row(arm, trial, round_)
   base = dict(round=round_, weights_remaining=result["weights_remaining"], arm=arm, trial=trial)
   mask = exp.mask(arm, trial, round_)
@@ -161,30 +163,43 @@ def stage_rows(exp, evaluator, arm, trial, round_, theta0):
   if arm in MAGNITUDE_ARMS:
     for layer, values in init_magnitude(kernels(theta0), mask).items():
       metrics.update({(layer, k): v for k, v in values.items()})
-  final = kernels(exp.weights(arm, trial, round_))
-  for name, reference in (("final_sign_equals_theta0", kernels(theta0)),
-                          ("final_sign_equals_start", kernels(start))):
-    for layer, v in sign_agreement(final, reference, mask).items():
-      metrics[layer, name] = v if trained_ok else math.nan
-  for layer, v in distance(final, kernels(start), mask).items():
-    metrics[layer, "distance_travelled"] = v if trained_ok else math.nan
+  if exp.has_weights(arm, trial, round_):
+    final = kernels(exp.weights(arm, trial, round_))
+    for name, reference in (("final_sign_equals_theta0", kernels(theta0)),
+                            ("final_sign_equals_start", kernels(start))):
+      for layer, v in sign_agreement(final, reference, mask).items():
+        metrics[layer, name] = v if trained_ok else math.nan
+    for layer, v in distance(final, kernels(start), mask).items():
+      metrics[layer, "distance_travelled"] = v if trained_ok else math.nan
+  else:
+    metrics.update({(layer, metric): v for (a, t, r, layer, metric), v in (previous or {}).items()
+                    if (a, t, r) == (arm, trial, round_) and metric in FINAL_METRICS})
   untrained = apply_mask(theta0, mask) if arm in MAGNITUDE_ARMS else start
   metrics["all", "untrained_test_accuracy"] = evaluator.accuracy(untrained)
   return [dict(base, layer=layer, metric=metric, value=float(value))
           for (layer, metric), value in metrics.items()]
 
 
-def compute(exp, splits, jit_compile=None):
-  """study_properties.csv rows of every finished stage of ``exp``."""
+def compute(exp, splits, jit_compile=None, previous=None):
+  """study_properties.csv rows of every finished stage of ``exp`` (``previous``: see
+  stage_rows)."""
   if jit_compile is None:
     jit_compile = common.parse_bool(exp.flags.get("xla", "True"))
   evaluator = Evaluator(exp.cfg, splits, jit_compile)
   rows, theta0 = [], {}
+  lost = [(r["arm"], r["trial"], r["round"]) for r in exp.rows
+          if not exp.has_weights(r["arm"], r["trial"], r["round"])]
+  if lost:
+    kept = {k[:3] for k in previous or {}} & set(lost)
+    logging.warning("%d finished stages have no weights.npz (it stays out of git; rerunning "
+                    "a stage restores it): their trained-weight metrics come from the previous "
+                    "study_properties.csv for %d of them and are left out for the rest",
+                    len(lost), len(kept))
   for r in sorted(exp.rows, key=lambda r: (r["trial"], r["round"], r["arm"] != "ticket", r["arm"])):
     arm, trial, round_ = r["arm"], r["trial"], r["round"]
     if trial not in theta0:
       theta0[trial] = exp.theta0(trial)
-    rows += stage_rows(exp, evaluator, arm, trial, round_, theta0[trial])
+    rows += stage_rows(exp, evaluator, arm, trial, round_, theta0[trial], previous)
     logging.info("[%s trial %d round %d] studied", arm, trial, round_)
   return rows
 
@@ -256,7 +271,9 @@ def run(output_dir, splits=None, data_dir=None, manual_dir=None, jit_compile=Non
   exp = common.load(output_dir)
   if splits is None:
     splits = load_test_split(exp, data_dir, manual_dir)
-  rows = compute(exp, splits, jit_compile)
   path = f"{exp.output_dir}/study_properties.csv"
+  previous = ({(r["arm"], r["trial"], r["round"], r["layer"], r["metric"]): r["value"]
+               for r in common.read_csv(path)} if artifacts.exists(path) else {})
+  rows = compute(exp, splits, jit_compile, previous)
   artifacts.write_bytes(path, common.csv_text(COLUMNS, rows))
   return [path, *write_figures(exp, rows)]
