@@ -8,6 +8,11 @@ missing), with diverged runs left out and counted; then a second table with the 
 comparisons as differences paired by trial (same θ0, same data split), each marked with ✓ when
 every trial agrees in sign with the paper's claim, ✗ when every trial contradicts it, ~ when
 trials disagree.
+
+  python -m lth_tf.report --compare results/lenet_fashion_mnist results/lenet_fashion_mnist_snip
+
+prints one by-round table of several experiments' tickets (e.g. ticket-finding methods) and the
+first one's random pruning, the numbers behind ``python -m lth_tf.plot --compare``.
 """
 import collections
 import sys
@@ -110,16 +115,60 @@ def claims_table(rows):
   return "\n".join(lines)
 
 
+def compare_table(experiments):
+  """By round, each experiment's ticket (early-stop iteration and test accuracy at early stop,
+  mean ± std over its trials, n when fewer than the most) and the first experiment's random
+  pruning. ``experiments``: [(label, results.csv rows)]; % remaining is the first's."""
+  (_, first), columns = experiments[0], list(experiments)
+  if any(r["arm"] == "random_prune" for r in first):
+    columns.insert(1, ("random pruning", [dict(r, arm="ticket") for r in first
+                                          if r["arm"] == "random_prune"]))
+  head = ["round", "% weights remaining"]
+  for label, _ in columns:
+    head += [f"{label}: early-stop iteration", f"{label}: test accuracy (%)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rounds = sorted({r["round"] for _, rows in experiments for r in rows if r["arm"] == "ticket"})
+  most = max(len({r["trial"] for r in rows}) for _, rows in experiments)
+  for rnd in rounds:
+    remaining = [r["weights_remaining"] for _, rows in experiments for r in rows
+                 if r["round"] == rnd and r["arm"] == "ticket"]
+    cells = [str(rnd), f"{np.mean(remaining):.1f}"]
+    for _, rows in columns:
+      ok = [r for r in rows if r["arm"] == "ticket" and r["round"] == rnd and not r["diverged"]]
+      note = f" (n={len(ok)})" if ok and len(ok) < most else ""
+      cells += [_cell([r["early_stop_iteration"] for r in ok], digits=0) + note,
+                _cell([r["early_stop_test_accuracy"] for r in ok], scale=100.0, digits=2)]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def fail(message):
+  print(f"lth_tf.report: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def read(output_dir):
+  """results.csv rows of ``output_dir``; a one-line error if it has none."""
+  path = f"{output_dir}/results.csv"
+  if not output_dir or not artifacts.exists(path):
+    fail(f"--output_dir={output_dir} has no results.csv; pass a folder written by lth_tf.main")
+  return artifacts.read_results(path)
+
+
 def main(argv):
-  del argv
+  if flags.FLAGS.compare:
+    if len(argv) < 2:
+      fail("--compare needs experiment folders as arguments: --compare DIR1 DIR2 ...")
+    from lth_tf import plot  # the same line labels as plot --compare
+    print(compare_table([(plot.compare_label(d), read(d)) for d in argv[1:]]))
+    return
+  if len(argv) > 1:
+    fail(f"unexpected arguments {' '.join(argv[1:])!r}; pass --output_dir=DIR, or --compare "
+         f"DIR1 DIR2 ...")
   path = f"{flags.FLAGS.output_dir}/results.csv"
-  if not flags.FLAGS.output_dir or not artifacts.exists(path):
-    print(f"lth_tf.report: error: --output_dir={flags.FLAGS.output_dir} has no results.csv; "
-          "pass a folder written by lth_tf.main", file=sys.stderr)
-    sys.exit(2)
+  rows = read(flags.FLAGS.output_dir)
   cfg = artifacts.parse_flagfile(artifacts.read_bytes(f"{flags.FLAGS.output_dir}/flags.cfg")
                                  .decode())
-  rows = artifacts.read_results(path)
   print(table(rows, int(cfg.get("trials", 1))))
   print()
   print(claims_table(rows))
@@ -127,6 +176,9 @@ def main(argv):
 
 def run():
   flags.DEFINE_string("output_dir", None, "Experiment folder written by lth_tf.main.")
+  flags.DEFINE_bool("compare", False, "Print one by-round table of the tickets of the "
+                    "experiments named as arguments (python -m lth_tf.report --compare DIR1 "
+                    "DIR2 ...), with the first one's random pruning.")
   app.run(main)
 
 

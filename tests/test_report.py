@@ -34,3 +34,38 @@ def test_claims_are_paired_by_trial_with_verdicts():
   assert cells[3] == "0.00 ± 1.41 ~"  # (2) +1 and -1 point: trials disagree
   assert cells[4] == "100 ✓"  # (3) reinit slower; its diverged trial 1 is left out
   assert cells[5].rstrip(" |") == "6.00 ✓"
+
+
+def test_compare_table_puts_experiments_side_by_side():
+  imp = [_row("ticket", 0, 0, 1000, 0.90), _row("ticket", 1, 0, 1200, 0.92),
+         _row("ticket", 0, 1, 800, 0.91), _row("ticket", 1, 1, 600, 0.93),
+         _row("random_prune", 0, 1, 1500, 0.85), _row("random_prune", 1, 1, 1700, 0.87)]
+  snip = [_row("ticket", 0, 0, 1000, 0.90), _row("ticket", 0, 1, 900, 0.88, diverged=0)]
+  lines = report.compare_table([("IMP", imp), ("snip", snip)]).splitlines()
+  assert lines[0] == ("| round | % weights remaining | IMP: early-stop iteration | IMP: test "
+                      "accuracy (%) | random pruning: early-stop iteration | random pruning: "
+                      "test accuracy (%) | snip: early-stop iteration | snip: test accuracy (%) |")
+  assert lines[2].split(" | ")[2:] == ["1100 ± 141", "91.00 ± 1.41", "–", "–", "1000 (n=1)",
+                                       "90.00 |"]
+  assert lines[3].split(" | ")[2:] == ["700 ± 141", "92.00 ± 1.41", "1600 ± 141",
+                                       "86.00 ± 1.41", "900 (n=1)", "88.00 |"]
+
+
+def test_report_cli_compare(tmp_path):
+  import os
+  import subprocess
+  import sys
+  from conftest import REPO
+  from lth_tf import artifacts
+  for name in ("a", "b"):
+    artifacts.write_results(str(tmp_path / name / "results.csv"),
+                            [fake_row(*key) for key in ITERATIONS])
+  run = lambda *args: subprocess.run([sys.executable, "-m", "lth_tf.report", *args], cwd=REPO,
+                                     env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                     capture_output=True, text=True, timeout=300)
+  proc = run("--compare", str(tmp_path / "a"), str(tmp_path / "b"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith("| round | % weights remaining | IMP (a): early-stop iteration")
+  proc = run("--compare", str(tmp_path / "a"), str(tmp_path / "missing"))
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+      "lth_tf.report: error: --output_dir=")
