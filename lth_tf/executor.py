@@ -21,6 +21,7 @@ refuses ``multi_worker_mirrored`` with Ray: one training across TF_CONFIG worker
 """
 import dataclasses
 import os
+import re
 import socket
 
 from absl import logging
@@ -121,11 +122,16 @@ def run_local(job, splits, on_divergence="continue", callbacks=()):
                         strategy=distribute.get(job.strategy))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _error_line(e):
-  """One line for an exception raised in a task (Ray wraps it)."""
+  """One line for an exception raised in a worker (Ray wraps it)."""
   cause = getattr(e, "cause", None) or e
-  text = str(cause).strip().splitlines()
+  text = [line.strip() for line in _ANSI.sub("", str(cause)).splitlines() if line.strip()]
   name = type(cause).__name__
+  if getattr(e, "actor_init_failed", False) and text:  # Ray's text ends with the init's error
+    return f"its worker could not start: {text[-1][:300]}"
   if name.startswith("RayTaskError(") and text:  # cause not unpicklable: Ray's own text
     return f"{name[len('RayTaskError('):-1]}: {text[-1][:300]}"
   return f"{name}: {text[0][:300]}" if text else name
@@ -168,11 +174,20 @@ def _init_ray(ray, address, cpus_per_task, gpus_per_task):
                total.get("GPU", 0), cpus_per_task, gpus_per_task)
 
 
-def worker_slots(resources, cpus_per_task, gpus_per_task):
-  """How many stages a cluster with ``resources`` ({"CPU": n, "GPU": m}) trains at once."""
-  slots = int(resources.get("CPU", 0) // cpus_per_task) if cpus_per_task else 1 << 30
-  if gpus_per_task:
-    slots = min(slots, int(resources.get("GPU", 0) // gpus_per_task))
+def worker_slots(nodes, cpus_per_task, gpus_per_task):
+  """How many stages a cluster trains at once: per alive node (``ray.nodes()``), its CPUs /
+  ``cpus_per_task`` and GPUs / ``gpus_per_task``, added up (a worker cannot span nodes)."""
+  if cpus_per_task <= 0 or gpus_per_task < 0:
+    raise ValueError(f"cpus_per_task={cpus_per_task} must be positive and gpus_per_task="
+                     f"{gpus_per_task} not negative")
+  slots = 0
+  for node in nodes:
+    if node.get("Alive", True):
+      have = node.get("Resources", {})
+      fit = int(have.get("CPU", 0) // cpus_per_task)
+      if gpus_per_task:
+        fit = min(fit, int(have.get("GPU", 0) // gpus_per_task))
+      slots += fit
   return max(1, slots)
 
 
@@ -180,10 +195,11 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
             max_retries=MAX_RETRIES):
   """Runs (or resumes) every stage of ``job`` on Ray workers; returns results.csv rows.
 
-  The driver starts one StageWorker actor per stage the cluster can train at once (its CPUs
-  / ``cpus_per_task``, and GPUs / ``gpus_per_task``; nodes that join later are not used) and
-  gives each idle worker the next stage whose dependencies are finished. A worker whose
-  process dies is restarted and its stage rerun, up to ``max_retries`` times.
+  The driver gives each idle worker (a StageWorker actor) the next stage whose dependencies
+  are finished, starting workers as stages become ready, up to one per stage the cluster can
+  train at once (per node, its CPUs / ``cpus_per_task`` and GPUs / ``gpus_per_task``; nodes
+  that join later are not counted). A worker whose process dies is restarted and its stage
+  rerun, up to ``max_retries`` times per stage.
 
   ``address``: None starts a local Ray with all cores; ``"auto"`` or ``host:port`` joins a
   running cluster, whose every node must have lth_tf installed and see ``job.output_dir`` and
@@ -224,14 +240,20 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
     logging.info("ray: %d of %d stages already finished", len(done), len(order))
 
   _init_ray(ray, address, cpus_per_task, gpus_per_task)
-  todo = len(order) - len(done) - len(skipped)
-  count = min(worker_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task), todo)
-  worker = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_restarts=max_retries,
+  slots = worker_slots(ray.nodes(), cpus_per_task, gpus_per_task)
+  # A dead worker is restarted as often as needed; each stage is retried max_retries times.
+  worker = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_restarts=-1,
                       max_task_retries=max_retries)(StageWorker)
-  job_ref = ray.put(job)
-  idle = [worker.remote(job_ref) for _ in range(count)]
-  if count:
-    logging.info("ray: %d workers, each training one stage at a time", count)
+  idle, workers = [], []
+
+  def free_worker():
+    """An idle worker, or a new one while fewer than ``slots`` exist (started when a stage is
+    ready for it, so a chain of stages never starts workers it cannot use); else None."""
+    if not idle and len(workers) < slots:
+      workers.append(worker.remote(job))
+      idle.append(workers[-1])
+      logging.info("ray: started worker %d of at most %d", len(workers), slots)
+    return idle.pop(0) if idle else None
 
   def progress():
     waiting = len(order) - len(done) - len(running) - len(skipped)
@@ -242,10 +264,12 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
     while True:
       if not failures and not stop:
         for stage in order:
-          if (idle and stage not in done and stage not in skipped
+          if (stage not in done and stage not in skipped
               and stage not in (s for s, _ in running.values())
               and all(d in done for d in deps[stage])):
-            w = idle.pop(0)
+            w = free_worker()
+            if w is None:
+              break
             running[w.run.remote(stage)] = stage, w
             logging.info("ray: started %s", label(stage))
       progress()
@@ -255,7 +279,7 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
       stage, w = running.pop(ready[0])
       try:
         row = ray.get(ready[0])
-      except Exception as e:  # the stage raised, or its worker died more than max_retries times
+      except Exception as e:  # the stage raised, its worker could not start, or died too often
         failures.append(f"{label(stage)} failed: {_error_line(e)}")
         logging.error("ray: %s", failures[-1])
         continue

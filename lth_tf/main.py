@@ -96,7 +96,7 @@ flags.DEFINE_string("strategy", "default", "One training across devices (tf.dist
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (0: one), "
                      "e.g. to run --strategy=mirrored without GPUs.")
 flags.DEFINE_enum("executor", "local", ["local", "ray"], "Where stages run: local (one after "
-                  "another in this process) or ray (as Ray tasks, in parallel where their "
+                  "another in this process) or ray (on Ray workers, in parallel where their "
                   "dependencies allow; pip install 'lth-tf[ray]'). Results are identical.")
 flags.DEFINE_string("ray_address", None, "--executor=ray: the cluster to join ('auto', or "
                     "host:port); default: start a local Ray with all cores.")

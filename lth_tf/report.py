@@ -130,9 +130,9 @@ def compare_table(experiments):
   rounds = sorted({r["round"] for _, rows in experiments for r in rows if r["arm"] == "ticket"})
   most = max(len({r["trial"] for r in rows}) for _, rows in experiments)
   for rnd in rounds:
-    remaining = [r["weights_remaining"] for _, rows in experiments for r in rows
-                 if r["round"] == rnd and r["arm"] == "ticket"]
-    cells = [str(rnd), f"{np.mean(remaining):.1f}"]
+    remaining = [r["weights_remaining"] for r in first if r["round"] == rnd
+                 and r["arm"] == "ticket"]
+    cells = [str(rnd), f"{np.mean(remaining):.1f}" if remaining else "–"]
     for _, rows in columns:
       ok = [r for r in rows if r["arm"] == "ticket" and r["round"] == rnd and not r["diverged"]]
       note = f" (n={len(ok)})" if ok and len(ok) < most else ""

@@ -109,6 +109,9 @@ class FakeRay:
   def cluster_resources(self):
     return self.resources
 
+  def nodes(self):
+    return [{"Alive": True, "Resources": self.resources}]
+
   def put(self, value):
     return value
 
@@ -116,8 +119,8 @@ class FakeRay:
     self.opts, fake = opts, self
 
     class Actor:
-      def __init__(self, instance):
-        self.instance, self.busy = instance, False
+      def __init__(self, instance, init_error=None):
+        self.instance, self.busy, self.init_error = instance, False, init_error
         actor = self
 
         class Run:
@@ -135,7 +138,10 @@ class FakeRay:
 
     class ActorClass:
       def remote(self, job):
-        actor = Actor(fake.cls(job))
+        try:
+          actor = Actor(fake.cls(job))
+        except Exception as e:  # noqa: BLE001  (Ray: every call on the actor then fails)
+          actor = Actor(None, ActorDiedError(e))
         fake.workers.append(actor)
         return actor
 
@@ -148,6 +154,8 @@ class FakeRay:
     self.waves.append(sorted(stage for _, _, stage in self.pending))
     ref, actor, stage = self.pending.pop(0)
     try:
+      if actor.init_error:
+        raise actor.init_error
       self.results[ref] = (actor.instance.run(stage), None)
     except Exception as e:  # noqa: BLE001
       self.results[ref] = (None, e)
@@ -159,6 +167,17 @@ class FakeRay:
     if error is not None:
       raise error
     return value
+
+
+class ActorDiedError(RuntimeError):
+  """As Ray raises for calls on an actor whose constructor raised (its text, as Ray 2.x's)."""
+  actor_init_failed = True
+
+  def __init__(self, error):
+    super().__init__(
+        "The actor died because of an error raised in its creation task, \x1b[36mray::"
+        "StageWorker.__init__()\x1b[39m (pid=1, ip=127.0.0.1, actor_id=ab)\n  File \"x.py\", "
+        f"line 1, in __init__\n    raise\n{type(error).__name__}: {error}\n")
 
 
 @pytest.fixture
@@ -197,7 +216,7 @@ def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, f
     b = artifacts.read_weights(f"{experiment.stage_dir(out, arm, t, r)}/weights.npz")
     for n in a:
       np.testing.assert_array_equal(a[n][0], b[n][0])
-  assert fake.opts == dict(num_cpus=2, num_gpus=0.5, max_restarts=executor.MAX_RETRIES,
+  assert fake.opts == dict(num_cpus=2, num_gpus=0.5, max_restarts=-1,
                            max_task_retries=executor.MAX_RETRIES)
   assert len(fake.workers) == 2  # min(4 CPUs / 2, 1 GPU / 0.5)
   assert fake.init_kw == dict(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
@@ -211,16 +230,41 @@ def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, f
 
 
 def test_ray_workers_are_one_per_slot_and_reused(tmp_path, splits, fake_ray):
-  """One worker per stage the cluster trains at once; a worker runs stage after stage."""
+  """At most one worker per stage the cluster trains at once (counted per node), started only
+  when a stage is ready for it; a worker runs stage after stage."""
   from lth_tf import executor
-  assert executor.worker_slots({"CPU": 8.0}, 2, 0) == 4
-  assert executor.worker_slots({"CPU": 8.0, "GPU": 2.0}, 1, 1) == 2
-  assert executor.worker_slots({"CPU": 1.0}, 2, 0) == 1  # too small: one, which waits
-  cfg = _cfg(rounds=1, trials=2, controls=("reinit",), iterations=40)
-  fake = fake_ray(cfg, str(tmp_path), resources={"CPU": 3.0})
-  executor.run_ray(_job(cfg, str(tmp_path)))
-  assert len(fake.workers) == 3 and len(fake.submitted) == 6
+  node = lambda cpus, gpus=0, alive=True: {"Alive": alive, "Resources": {"CPU": cpus, "GPU": gpus}}
+  assert executor.worker_slots([node(8)], 2, 0) == 4
+  assert executor.worker_slots([node(8, 2)], 1, 1) == 2
+  assert executor.worker_slots([node(3), node(3), node(64, alive=False)], 2, 0) == 2
+  assert executor.worker_slots([node(1)], 2, 0) == 1  # too small: one, which waits
+  with pytest.raises(ValueError):
+    executor.worker_slots([node(8)], 0, 0)
+  cfg = _cfg(rounds=1, trials=2, controls=("reinit", "random_prune"), iterations=40)
+  fake = fake_ray(cfg, str(tmp_path / "a"), resources={"CPU": 3.0})
+  executor.run_ray(_job(cfg, str(tmp_path / "a")))
+  assert len(fake.workers) == 3 and len(fake.submitted) == 8
   assert max(len(w) for w in fake.waves) <= 3
+  chain = _cfg(rounds=2, trials=1, controls=(), iterations=40)  # one stage at a time
+  fake = fake_ray(chain, str(tmp_path / "b"), resources={"CPU": 4.0})
+  executor.run_ray(_job(chain, str(tmp_path / "b")))
+  assert len(fake.workers) == 1 and len(fake.submitted) == 3
+
+
+def test_ray_worker_that_cannot_start_is_one_line(tmp_path, fake_ray, monkeypatch):
+  from lth_tf import executor
+
+  def no_data(*args):
+    raise experiment.ConfigError("--dataset=mnist gave images of shape (2,), expected (28, 28, 1)")
+  monkeypatch.setattr(executor, "load_splits", no_data)
+  cfg = _cfg(rounds=1, trials=1, controls=(), iterations=40)
+  fake_ray(cfg, str(tmp_path))
+  with pytest.raises(executor.ExecutorError) as e:
+    executor.run_ray(_job(cfg, str(tmp_path)))
+  assert str(e.value).startswith(
+      "[ticket trial 0 round 0] failed: its worker could not start: ConfigError: --dataset=mnist "
+      "gave images of shape (2,), expected (28, 28, 1); 2 stage(s) not run")
+  assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
 
 
 def test_ray_driver_reports_a_failed_stage_and_lets_the_running_ones_finish(tmp_path, fake_ray):

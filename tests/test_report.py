@@ -40,15 +40,18 @@ def test_compare_table_puts_experiments_side_by_side():
   imp = [_row("ticket", 0, 0, 1000, 0.90), _row("ticket", 1, 0, 1200, 0.92),
          _row("ticket", 0, 1, 800, 0.91), _row("ticket", 1, 1, 600, 0.93),
          _row("random_prune", 0, 1, 1500, 0.85), _row("random_prune", 1, 1, 1700, 0.87)]
-  snip = [_row("ticket", 0, 0, 1000, 0.90), _row("ticket", 0, 1, 900, 0.88, diverged=0)]
+  snip = [_row("ticket", 0, 0, 1000, 0.90), _row("ticket", 0, 1, 900, 0.88),
+          dict(_row("ticket", 0, 2, 700, 0.87), weights_remaining=63.0)]
   lines = report.compare_table([("IMP", imp), ("snip", snip)]).splitlines()
   assert lines[0] == ("| round | % weights remaining | IMP: early-stop iteration | IMP: test "
                       "accuracy (%) | random pruning: early-stop iteration | random pruning: "
                       "test accuracy (%) | snip: early-stop iteration | snip: test accuracy (%) |")
-  assert lines[2].split(" | ")[2:] == ["1100 ± 141", "91.00 ± 1.41", "–", "–", "1000 (n=1)",
-                                       "90.00 |"]
-  assert lines[3].split(" | ")[2:] == ["700 ± 141", "92.00 ± 1.41", "1600 ± 141",
+  assert lines[2].split(" | ")[1:] == ["100.0", "1100 ± 141", "91.00 ± 1.41", "–", "–",
+                                       "1000 (n=1)", "90.00 |"]
+  assert lines[3].split(" | ")[1:] == ["80.0", "700 ± 141", "92.00 ± 1.41", "1600 ± 141",
                                        "86.00 ± 1.41", "900 (n=1)", "88.00 |"]
+  # % remaining is the first experiment's: a round only another has shows none
+  assert lines[4].split(" | ")[1:] == ["–", "–", "–", "–", "–", "700 (n=1)", "87.00 |"]
 
 
 def test_report_cli_compare(tmp_path):

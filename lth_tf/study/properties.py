@@ -72,10 +72,15 @@ def start_weights(exp, arm, trial, round_, mask, seed=None):
     base = {n: [np.sign(ws[0]) * ws[0].std(), *ws[1:]] if n in mask else ws
             for n, ws in rewind_weights(exp, trial).items()}
   elif arm == "reinit":
-    base = experiment.initial_weights(cfg, init_seed(exp, arm, trial, round_) if seed is None else seed)
+    seed = init_seed(exp, arm, trial, round_) if seed is None else seed
+    base = experiment.initial_weights(cfg, seed)
   elif round_ == 0:
     base = exp.theta0(trial)
   else:  # rewind=none: the previous ticket round's trained weights
+    if not exp.has_weights("ticket", trial, round_ - 1):
+      raise StudyError(f"--output_dir={exp.output_dir}: [ticket trial {trial} round "
+                       f"{round_ - 1}] has no weights.npz, which a --rewind=none ticket "
+                       f"starts from; study it where lth_tf.main ran (weights stay out of git)")
     base = exp.weights("ticket", trial, round_ - 1)
   return apply_mask(base, mask)
 
