@@ -23,7 +23,8 @@ import numpy as np
 import tf_keras as keras
 from absl import logging
 
-from lth_tf import artifacts, data, distribute, masks, models, pruning, summaries, ticket, training
+from lth_tf import (artifacts, data, distribute, environment, masks, models, pruning, summaries,
+                    ticket, training)
 from lth_tf import export as export_lib
 
 CONTROLS = ("reinit", "random_prune", "sign_constant")
@@ -610,6 +611,7 @@ class _Run:
                search_iterations=self.search_iterations(trial, round_))
     metrics = dict(row, layer_weights_remaining=masks.layer_fractions(mask),
                    layer_counts=masks.counts(mask), seconds=result.seconds,
+                   environment=environment.describe(),
                    seeds=dict(data=data_seed, init=init_seed,
                               mask=self.mask_seed(arm, trial, round_)),
                    curve=result.curve)

@@ -245,6 +245,22 @@ def check_executor(values):
   return cpus, FLAGS.ray_gpus_per_task
 
 
+def warn_if_environment_differs(cfg, output_dir):
+  """Resuming on other libraries or another CPU: its stages will differ in the last bits from
+  a rerun of the ones already there (lth_tf.environment), so say so."""
+  from lth_tf import artifacts, environment
+  for arm, trial, round_ in cfg.stages():
+    path = f"{experiment.stage_dir(output_dir, arm, trial, round_)}/metrics.json"
+    if artifacts.exists(path):
+      recorded = artifacts.read_json(path).get("environment")
+      changed = environment.differences(recorded, environment.describe()) if recorded else []
+      if changed:
+        logging.warning("%s: finished stages ran on another environment (%s); new stages will "
+                        "not match a rerun of those to the last bit", output_dir,
+                        "; ".join(changed))
+      return changed
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -287,6 +303,7 @@ def main(argv):
       check_output_dir(output_dir, values, text)
       driver_lock.ensure()  # --overwrite deleted the folder with the lock in it
       logging.info("experiment %s -> %s (%s executor)", cfg, output_dir, FLAGS.executor)
+      warn_if_environment_differs(cfg, output_dir)
       data.check_available(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir)
       job = executor.Job(cfg, output_dir, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
                          checkpoint_every=FLAGS.checkpoint_every, jit_compile=values["xla"],

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from lth_tf import artifacts, experiment, masks, pruning, ticket
+from lth_tf import artifacts, environment, experiment, masks, pruning, ticket
 
 
 class StageRecorder(keras.callbacks.Callback):
@@ -52,6 +52,27 @@ def test_every_stage_writes_its_files_and_a_row(finished):
     d = experiment.stage_dir(out, arm, t, r)
     for f in ("masks.npz", "weights.npz", "metrics.json"):
       assert artifacts.exists(f"{d}/{f}"), (d, f)
+    recorded = artifacts.read_json(f"{d}/metrics.json")["environment"]
+    assert recorded == environment.describe() and recorded["tensorflow"].startswith("2.21")
+
+
+def test_environment_differences_name_what_changed(finished, tmp_path):
+  """A resume on other software or another CPU is warned about, naming what differs."""
+  from lth_tf import main
+  cfg, out, _, _ = finished
+  here = environment.describe()
+  assert here["cpu"] and set(here["cpu_features"]) <= set(environment.CPU_FEATURES)
+  older = dict(here, tensorflow="2.20.0", cpu_features=[])
+  older.pop("numpy")  # a record from before a field existed compares only what it has
+  assert environment.differences(older, here) == [
+      f"cpu_features: [] -> {here['cpu_features']}", f"tensorflow: 2.20.0 -> {here['tensorflow']}"]
+  assert main.warn_if_environment_differs(cfg, out) == []  # this process wrote it
+  path = f"{experiment.stage_dir(out, 'ticket', 0, 0)}/metrics.json"
+  copy = str(tmp_path / "exp")
+  artifacts.write_json(f"{experiment.stage_dir(copy, 'ticket', 0, 0)}/metrics.json",
+                       dict(artifacts.read_json(path), environment=older))
+  assert main.warn_if_environment_differs(cfg, copy) == environment.differences(older, here)
+  assert main.warn_if_environment_differs(cfg, str(tmp_path / "empty")) is None
 
 
 def test_masks_nest_and_sparsity_follows_one_minus_p_to_the_r(finished):
