@@ -191,6 +191,17 @@ def worker_slots(nodes, cpus_per_task, gpus_per_task):
   return max(1, slots)
 
 
+def critical_path_order(order, deps):
+  """``order`` sorted by how many stages at most still follow each one (longest first; ties
+  keep ``order``): a free worker takes the ready stage that the most later work waits on, so
+  the ticket's chain of rounds never queues behind a control that nothing needs."""
+  after = {s: 0 for s in order}
+  for stage in reversed(order):  # a topological order: every stage after its needs
+    for need in deps[stage]:
+      after[need] = max(after[need], after[stage] + 1)
+  return sorted(order, key=lambda s: -after[s])
+
+
 def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="continue",
             max_retries=MAX_RETRIES):
   """Runs (or resumes) every stage of ``job`` on Ray workers; returns results.csv rows.
@@ -217,6 +228,7 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
                             manual_dir=_absolute(job.manual_dir), logdir=_absolute(job.logdir))
   order, deps = experiment.stage_order(cfg), experiment.dependencies(cfg)
   position = {s: i for i, s in enumerate(order)}
+  by_priority = critical_path_order(order, deps)
   done, skipped, running, failures, stop = {}, set(), {}, [], []
 
   def finished(stage, row):
@@ -263,7 +275,7 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
   try:
     while True:
       if not failures and not stop:
-        for stage in order:
+        for stage in by_priority:
           if (stage not in done and stage not in skipped
               and stage not in (s for s, _ in running.values())
               and all(d in done for d in deps[stage])):

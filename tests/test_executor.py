@@ -251,6 +251,22 @@ def test_ray_workers_are_one_per_slot_and_reused(tmp_path, splits, fake_ray):
   assert len(fake.workers) == 1 and len(fake.submitted) == 3
 
 
+def test_ray_gives_the_ticket_chain_priority_over_controls(tmp_path, fake_ray):
+  """With one trial, a free worker takes ticket round r+1 before the controls of round r:
+  the chain of ticket rounds is the experiment's critical path."""
+  from lth_tf import executor
+  cfg = _cfg(rounds=3, trials=1, controls=("reinit", "random_prune"), iterations=40)
+  deps = experiment.dependencies(cfg)
+  assert executor.critical_path_order(cfg.stages(), deps)[:4] == [
+      ("ticket", 0, 0), ("ticket", 0, 1), ("ticket", 0, 2), ("ticket", 0, 3)]
+  fake = fake_ray(cfg, str(tmp_path), resources={"CPU": 2.0})
+  executor.run_ray(_job(cfg, str(tmp_path)))
+  submitted = fake.submitted
+  for r in (1, 2):
+    assert submitted.index(("ticket", 0, r + 1)) < submitted.index(("random_prune", 0, r))
+  assert sorted(submitted) == sorted(cfg.stages())
+
+
 def test_ray_worker_that_cannot_start_is_one_line(tmp_path, fake_ray, monkeypatch):
   from lth_tf import executor
 
