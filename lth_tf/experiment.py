@@ -334,7 +334,8 @@ def round_targets(cfg, model, round_):
   SynFlow rank scores globally, as in their papers.
   """
   rates = layer_rates(cfg, model)
-  sizes = {n: k.size for n, k in ticket.get_kernels(model).items()}
+  sizes = {n: int(np.prod(w.pruning_vars[0][0].shape))  # shapes only: no copy of the values
+           for n, w in ticket.wrappers(model).items()}
   if cfg.pruning in ("layerwise", "early_bird"):
     return pruning.layerwise_targets(sizes, rates, round_)
   pooled = [n for n, w in ticket.wrappers(model).items()
