@@ -196,8 +196,9 @@ def compute(exp, splits, jit_compile=None, previous=None):
           if not exp.has_weights(r["arm"], r["trial"], r["round"])]
   if lost:
     kept = {k[:3] for k in previous or {}} & set(lost)
-    logging.warning("%d finished stages have no weights.npz (it stays out of git; rerunning "
-                    "a stage restores it): their trained-weight metrics come from the previous "
+    logging.warning("%d finished stages have no weights.npz (it stays out of git, and "
+                    "lth_tf.main does not rerun finished stages): their trained-weight metrics "
+                    "come from the previous "
                     "study_properties.csv for %d of them and are left out for the rest",
                     len(lost), len(kept))
   for r in sorted(exp.rows, key=lambda r: (r["trial"], r["round"], r["arm"] != "ticket", r["arm"])):
