@@ -34,7 +34,7 @@ from absl import logging
 
 from lth_tf import training
 
-STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+from lth_tf.config import STRATEGIES  # noqa: E402  (the names the command line accepts)
 _CREATED = {}  # name -> strategy: one per process (MultiWorkerMirroredStrategy can't be remade)
 
 

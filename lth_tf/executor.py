@@ -27,7 +27,7 @@ import socket
 from absl import logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import artifacts, data, distribute, experiment
+from lth_tf import artifacts, console, data, distribute, experiment
 
 # Ray restarts a worker whose process died (not one whose stage raised) this many times and
 # reruns its stage there, which resumes from the stage's last checkpoint.
@@ -36,15 +36,6 @@ MAX_RETRIES = 3
 
 class ExecutorError(RuntimeError):
   """A stage failed, or the executor cannot run; the message is one line."""
-
-
-def ray_missing():
-  """None if Ray can be imported, else the one-line reason why not."""
-  try:
-    import ray  # noqa: F401
-  except ImportError:
-    return "--executor=ray needs Ray: pip install 'lth-tf[ray]'"
-  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,10 +235,11 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
         logging.warning("trial %d ends at round %d: its ticket diverged", stage[1], stage[2])
       skipped.update(later)
 
-  for stage in order:  # resume: finished stages are not submitted again
-    path = f"{experiment.stage_dir(job.output_dir, *stage)}/metrics.json"
-    if stage not in skipped and artifacts.exists(path):
-      finished(stage, artifacts.read_json(path))
+  with experiment.explained(cfg):  # a corrupt metrics.json: one line naming what to delete
+    for stage in order:  # resume: finished stages are not submitted again
+      path = f"{experiment.stage_dir(job.output_dir, *stage)}/metrics.json"
+      if stage not in skipped and artifacts.exists(path):
+        finished(stage, artifacts.read_json(path))
   if done:
     logging.info("ray: %d of %d stages already finished", len(done), len(order))
 
@@ -267,10 +259,14 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
       logging.info("ray: started worker %d of at most %d", len(workers), slots)
     return idle.pop(0) if idle else None
 
+  meter = console.StageProgress(len(order), "ray")
+  meter.done = len(done)  # found finished: they cost nothing
+
   def progress():
     waiting = len(order) - len(done) - len(running) - len(skipped)
-    logging.info("ray: %d/%d stages done, %d running, %d waiting%s", len(done), len(order),
-                 len(running), waiting, f", {len(skipped)} dropped" if skipped else "")
+    meter.total = len(order) - len(skipped)
+    meter.line(parallel=slots, detail=f" ({len(running)} running, {waiting} waiting"
+               f"{f', {len(skipped)} dropped' if skipped else ''})")
 
   try:
     while True:
@@ -296,6 +292,7 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
         logging.error("ray: %s", failures[-1])
         continue
       idle.append(w)
+      meter.finished(True, row["seconds"])
       logging.info("ray: finished %s in %.1f s: early stop at %d, test accuracy %.4f",
                    label(stage), row["seconds"], row["early_stop_iteration"],
                    row["early_stop_test_accuracy"])

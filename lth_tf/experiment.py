@@ -17,192 +17,22 @@ Output layout under ``output_dir``::
 """
 import contextlib
 import dataclasses
+import functools
 import zlib
 
 import numpy as np
 import tf_keras as keras
 from absl import logging
 
-from lth_tf import (artifacts, data, distribute, environment, masks, models, pruning, summaries,
-                    ticket, training)
+from lth_tf import (artifacts, config, console, data, distribute, environment, masks, models,
+                    pruning, summaries, ticket, training)
 from lth_tf import export as export_lib
-
-CONTROLS = ("reinit", "random_prune", "sign_constant")
-# How ticket masks are found: iterative magnitude pruning (IMP) per layer or with one global
-# threshold, or a cheaper method (pruning at initialization; early-bird during the dense run).
-PRUNING = ("layerwise", "global", "snip", "grasp", "synflow", "early_bird")
-AT_INIT = ("snip", "grasp", "synflow")
-REWIND = ("init", "iteration", "none")
-
-PAPER_BATCH_SIZE = 60
-# Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
-# The output layer is pruned at half the fc rate (resolved by lth_tf.main from --prune_rate_fc).
-_ADAM = dict(batch_size=PAPER_BATCH_SIZE, optimizer="adam", warmup_iterations=0, lr_drops=(),
-             weight_decay=0.0, pruning="layerwise", initializer="glorot_normal")
-# The deeper networks as the follow-ups train them: Frankle, Dziugaite, Roy & Carbin, "Linear
-# Mode Connectivity and the Lottery Ticket Hypothesis" (ICML 2020), Table 1 (ResNet-20; its
-# VGG-16 has the same schedule), which is open_lth's cifar_resnet/cifar_vgg defaults: batch
-# 128, SGD with momentum 0.9, rate 0.1 dropped 10x at 32K and 48K of 63K iterations (80 and
-# 120 of 160 epochs), weight decay 1e-4, He-normal (kaiming) kernels, IMP with one global
-# threshold removing 20% of the conv weights per round. VGG-19 warms up linearly over the first
-# 10K iterations: at rate 0.1 it finds no winning tickets without (Frankle & Carbin 2019, Sec.
-# 5; Frankle et al., "Stabilizing the Lottery Ticket Hypothesis", 2019). The output layer is not
-# pruned (Frankle & Carbin 2019, Fig. 2: "conv 20%, fc 0%"; open_lth ignores VGG's fc.weight).
-_SGD = dict(xla=False, dataset="cifar10", batch_size=128, optimizer="sgd", learning_rate=0.1,
-            iterations=63000, lr_drops=(32000, 48000), weight_decay=1e-4, pruning="global",
-            prune_rate_conv=0.2, prune_rate_fc=0.2, prune_rate_output=0.0, initializer="he_normal")
-# xla: whether training compiles with XLA by default. On CPU, XLA compiles Conv2D training poorly
-# (a Conv-2 block of 10 iterations had not finished compiling after 6 minutes here, and with
-# op determinism it refuses MaxPool's gradient), so only the dense LeNet uses it by default.
-PAPER = {
-    "lenet300_100": dict(_ADAM, xla=True, dataset="mnist", iterations=50000, learning_rate=1.2e-3,
-                         prune_rate_conv=0.0, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv2": dict(_ADAM, xla=False, dataset="cifar10", iterations=20000, learning_rate=2e-4,
-                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv4": dict(_ADAM, xla=False, dataset="cifar10", iterations=25000, learning_rate=3e-4,
-                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "conv6": dict(_ADAM, xla=False, dataset="cifar10", iterations=30000, learning_rate=3e-4,
-                  prune_rate_conv=0.15, prune_rate_fc=0.2, prune_rate_output=0.1),
-    "resnet20": dict(_SGD, warmup_iterations=0),
-    "vgg19": dict(_SGD, warmup_iterations=10000),
-}
-
-
-def paper_output_rate(model, prune_rate_fc):
-  """The output layer's default rate: half the fc rate (Frankle & Carbin), or 0 for the deeper
-  networks, whose papers leave their one dense layer unpruned."""
-  return prune_rate_fc / 2 if PAPER[model]["prune_rate_output"] else 0.0
-
-
-class ConfigError(ValueError):
-  """A bad experiment setting; the message is one line naming the flag and the fix."""
+from lth_tf.config import (AT_INIT, CONTROLS, PAPER, PAPER_BATCH_SIZE, PRUNING,  # noqa: F401
+                           REWIND, Config, ConfigError, paper_output_rate)
 
 
 class DivergedError(RuntimeError):
   """A stage's loss became NaN/inf and --on_divergence=stop; the stage is recorded."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Everything that determines an experiment's numbers (and nothing that does not)."""
-  model: str
-  dataset: str
-  rounds: int
-  iterations: int
-  batch_size: int
-  learning_rate: float
-  eval_every: int
-  prune_rate_conv: float
-  prune_rate_fc: float
-  prune_rate_output: float
-  controls: tuple = ("reinit",)
-  trials: int = 1
-  seed: int = 0
-  initializer: str = "glorot_normal"
-  init_scale: float = 0.05
-  test_curve: bool = False
-  pruning: str = "layerwise"
-  prune_rate: float = 0.2  # global pruning's per-round rate
-  global_output_layer: bool = False  # global pruning: pool the output layer too
-  one_shot: bool = False
-  rewind: str = "init"
-  rewind_iteration: int = 0
-  same_init: bool = False  # every trial starts from trial 0's θ0 (only the data order differs)
-  score_batches: int = 1  # snip/grasp: batches of --batch_size scored at θ0
-  synflow_iterations: int = 100
-  eb_epsilon: float = 0.1  # early_bird: max normalised Hamming distance within the window
-  eb_window: int = 5
-  optimizer: str = "adam"
-  momentum: float = 0.9  # sgd only
-  warmup_iterations: int = 0  # linear warmup of the learning rate from 0
-  lr_drops: tuple = ()  # iterations at which the learning rate is multiplied by lr_drop_factor
-  lr_drop_factor: float = 0.1
-  weight_decay: float = 0.0  # L2 on kernels
-
-  def validate(self):
-    """Raises ConfigError for the first bad setting found."""
-    if self.model not in models.ARCHITECTURES:
-      raise ConfigError(f"--model={self.model} is unknown; use one of "
-                        f"{', '.join(models.ARCHITECTURES)}")
-    if self.dataset not in data.SHAPES:
-      raise ConfigError(f"--dataset={self.dataset} is unknown; use one of "
-                        f"{', '.join(data.SHAPES)}")
-    pools = models.ARCHITECTURES[self.model][0].count("pool") if self.model in models.PLAIN else 0
-    if data.SHAPES[self.dataset][0] < 2 ** pools:  # max-pooling floors odd sizes (28 -> 3 ok)
-      raise ConfigError(f"--model={self.model} pools {pools} times and needs images of at "
-                        f"least {2 ** pools} pixels; use another --dataset")
-    if self.model in models.VGG and data.SHAPES[self.dataset][0] % 16:
-      raise ConfigError(f"--model={self.model} needs images a multiple of 16 pixels wide; "
-                        f"use --dataset=cifar10")
-    for name in ("prune_rate_conv", "prune_rate_fc", "prune_rate_output"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ConfigError(f"--{name}={getattr(self, name)} is outside [0, 1); "
-                          f"pass a fraction such as 0.2")
-    checks = [("rounds", self.rounds >= 0, "pass 0 or more"),
-              ("trials", self.trials >= 1, "pass 1 or more"),
-              ("batch_size", self.batch_size >= 1, "pass 1 or more"),
-              ("eval_every", self.eval_every >= 1, "pass 1 or more"),
-              ("learning_rate", self.learning_rate > 0, "pass a positive rate"),
-              ("iterations", self.iterations >= self.eval_every,
-               f"pass at least --eval_every={self.eval_every}"),
-              ("iterations", self.iterations % self.eval_every == 0,
-               f"pass a multiple of --eval_every={self.eval_every}")]
-    for name, ok, fix in checks:
-      if not ok:
-        raise ConfigError(f"--{name}={getattr(self, name)} is invalid; {fix}")
-    for c in self.controls:
-      if c not in CONTROLS:
-        raise ConfigError(f"--controls contains unknown control {c!r}; use a comma list of "
-                          f"{', '.join(CONTROLS)} (or nothing)")
-    if self.pruning not in PRUNING:
-      raise ConfigError(f"--pruning={self.pruning} is unknown; use one of {', '.join(PRUNING)}")
-    if not 0.0 <= self.prune_rate < 1.0:
-      raise ConfigError(f"--prune_rate={self.prune_rate} is outside [0, 1); pass a fraction")
-    if self.rewind not in REWIND:
-      raise ConfigError(f"--rewind={self.rewind} is unknown; use one of {', '.join(REWIND)}")
-    if self.rewind == "iteration" and not (
-        0 < self.rewind_iteration <= self.iterations
-        and self.rewind_iteration % self.eval_every == 0):
-      raise ConfigError(f"--rewind_iteration={self.rewind_iteration} must be a positive multiple "
-                        f"of --eval_every={self.eval_every} up to --iterations={self.iterations}")
-    if self.pruning in AT_INIT + ("early_bird",) and (self.one_shot or self.rewind != "init"):
-      raise ConfigError(f"--pruning={self.pruning} finds masks at or near θ0 and trains them "
-                        f"from θ0; drop --one_shot and --rewind")
-    if self.score_batches < 1 or self.eb_window < 2 or not 0 < self.eb_epsilon < 1:
-      raise ConfigError("--score_batches must be >= 1, --eb_window >= 2, --eb_epsilon in (0, 1)")
-    if self.one_shot and self.rewind == "none":
-      raise ConfigError("--one_shot with --rewind=none has no previous round to fine-tune; "
-                        "use --rewind=init or iteration")
-    if self.optimizer not in training.OPTIMIZERS:
-      raise ConfigError(f"--optimizer={self.optimizer} is unknown; use one of "
-                        f"{', '.join(training.OPTIMIZERS)}")
-    if not 0.0 <= self.momentum < 1.0:
-      raise ConfigError(f"--momentum={self.momentum} is outside [0, 1); pass e.g. 0.9")
-    if self.warmup_iterations < 0:
-      raise ConfigError(f"--warmup_iterations={self.warmup_iterations} is negative; pass 0 "
-                        f"(no warmup) or more")
-    if any(d <= 0 for d in self.lr_drops) or list(self.lr_drops) != sorted(set(self.lr_drops)):
-      raise ConfigError(f"--lr_drops={','.join(map(str, self.lr_drops))} must be increasing "
-                        f"positive iterations, e.g. --lr_drops=32000,48000 (or empty)")
-    if not 0.0 < self.lr_drop_factor <= 1.0:
-      raise ConfigError(f"--lr_drop_factor={self.lr_drop_factor} is outside (0, 1]; pass e.g. "
-                        f"0.1")
-    if not self.weight_decay >= 0.0:
-      raise ConfigError(f"--weight_decay={self.weight_decay} is negative; pass 0 or e.g. 1e-4")
-    if self.initializer not in models.INITIALIZERS:
-      raise ConfigError(f"--initializer={self.initializer} is unknown; use one of "
-                        f"{', '.join(models.INITIALIZERS)}")
-    return self
-
-  def arms(self, round_):
-    """Arms trained at ``round_``: the dense round 0 is the ticket's and shared by all."""
-    return ("ticket",) + (tuple(self.controls) if round_ > 0 else ())
-
-  def stages(self):
-    """Every (arm, trial, round) of the experiment, in the order the local loop runs them."""
-    return [(arm, t, r) for t in range(self.trials) for r in range(self.rounds + 1)
-            for arm in self.arms(r)]
-
 
 
 def dependencies(cfg):
@@ -251,6 +81,125 @@ def stage_order(cfg):
   return check_order(cfg.stages(), dependencies(cfg))
 
 
+def _needed_by(cfg):
+  """{stage: the stages that need it}, dependencies(cfg) reversed."""
+  needed_by = {}
+  for stage, needs in dependencies(cfg).items():
+    for need in needs:
+      needed_by.setdefault(need, []).append(stage)
+  return needed_by
+
+
+def built_on(cfg, stages):
+  """Every stage that needs one of ``stages``, directly or through others (dependencies)."""
+  needed_by = _needed_by(cfg)
+  out, todo = set(), list(stages)
+  while todo:
+    for later in needed_by.get(todo.pop(), ()):
+      if later not in out:
+        out.add(later)
+        todo.append(later)
+  return out - set(stages)
+
+
+def changed_by_retraining(cfg, stages):
+  """The stages built on what retraining ``stages`` may change in the last bits (on another
+  machine, other libraries or --threads): trained weights, and masks found by training or by
+  TensorFlow (early-bird, SNIP, GraSP, SynFlow). A later ticket round is pruned from (or
+  rewinds to, or records its early-bird mask in) a ticket's training, so it and everything
+  built on it go; a control needs only its ticket's mask, which IMP recomputes exactly from
+  the files it was pruned from (numpy), so it stays, unless that mask came from TensorFlow."""
+  needed_by = _needed_by(cfg)
+  exact_masks = cfg.pruning in ("layerwise", "global")
+  out = set()
+  for stage in stages:
+    for later in needed_by.get(stage, ()):
+      if later[0] == "ticket" or not (exact_masks or stage[2] == 0):
+        out |= {later} | built_on(cfg, [later])
+  return out - set(stages)
+
+
+def _rounds_text(rounds):
+  """[1, 2, 3, 5] -> '1-3, 5'."""
+  runs = []
+  for r in sorted(rounds):
+    if runs and r == runs[-1][1] + 1:
+      runs[-1][1] = r
+    else:
+      runs.append([r, r])
+  return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def stage_fix(cfg, output_dir, stage, name):
+  """What to do about ``stage``'s corrupt file ``name`` (masks.npz, weights.npz or
+  metrics.json), one line: which folder to delete so that rerunning the experiment's command
+  retrains it, and which finished stages were built on what that may change
+  (``changed_by_retraining``). Those keep their files: they stay consistent with the retrained
+  stage when the rerun reproduces it bit for bit, as it does on the same machine, libraries
+  and --threads; otherwise they must go too.
+  An early-bird ticket's mask is recorded by the dense round, so there the dense round is
+  retrained (or only the stage's trained files deleted)."""
+  arm, trial, round_ = stage
+  folder = stage_dir(output_dir, *stage)
+  roots = [stage]
+  if cfg.pruning == "early_bird" and arm == "ticket" and round_ > 0:
+    if name != "masks.npz":
+      return (f"delete {folder}/weights.npz and {folder}/metrics.json (not its masks.npz, "
+              f"which the dense round recorded) and rerun the experiment's command to retrain "
+              f"that stage")
+    dense = stage_dir(output_dir, "ticket", trial, 0)
+    roots.append(("ticket", trial, 0))
+    fix = (f"delete {dense} and {folder} and rerun the experiment's command to retrain the "
+           f"dense round, which records the early-bird masks, and that stage")
+  else:
+    fix = f"delete {folder} and rerun the experiment's command to retrain that stage"
+  later = [s for s in changed_by_retraining(cfg, roots)
+           if artifacts.exists(f"{stage_dir(output_dir, *s)}/metrics.json")]
+  if later:
+    by_arm = {}
+    for a, _, r in later:
+      by_arm.setdefault(a, []).append(r)
+    which = ", ".join(f"{a} round{'s' if len(rs) > 1 else ''} {_rounds_text(rs)}"
+                      for a, rs in sorted(by_arm.items(), key=lambda x: x[0] != "ticket"))
+    many = len(later) > 1
+    fix += (f"; the {f'{len(later)} finished stages' if many else 'finished stage'} built on "
+            f"it (trial {trial}: {which}) {'stay' if many else 'stays'} valid only if the rerun "
+            f"reproduces this stage bit for bit (same machine, libraries and --threads): "
+            f"otherwise delete {'them' if many else 'it'} too")
+  return fix
+
+
+def explain(error, cfg):
+  """``error`` (a CorruptFileError) with the fix that knows the experiment ``cfg``: for a
+  stage's file, stage_fix; for θ_k and early_bird.json, which the dense round records, the
+  stages built on that round too. Other files keep their fix."""
+  found = artifacts.stage_of(error.path)
+  if found and found[2] in ("masks.npz", "weights.npz", "metrics.json"):
+    return error.with_fix(stage_fix(cfg, found[0], found[1], found[2]))
+  name = error.path.rsplit("/", 1)[-1]
+  if "/ticket/trial_" in error.path and (name == "early_bird.json" or (
+      name.startswith("theta_") and name != "theta0.npz")):
+    output_dir, trial = error.path.rsplit("/ticket/trial_", 1)
+    trial = int(trial.split("/", 1)[0])
+    later = [s for s in changed_by_retraining(cfg, [("ticket", trial, 0)])
+             if artifacts.exists(f"{stage_dir(output_dir, *s)}/metrics.json")]
+    if later:
+      return error.with_fix(f"{error.fix}; the {len(later)} finished stage(s) of trial {trial} "
+                            f"built on the dense round stay valid only if the rerun "
+                            f"reproduces it bit for bit (same machine, libraries and "
+                            f"--threads): otherwise delete them too")
+  return error
+
+
+@contextlib.contextmanager
+def explained(cfg):
+  """Re-raises a CorruptFileError of the experiment's files with ``explain``'s fix."""
+  try:
+    yield
+  except artifacts.CorruptFileError as e:
+    raise explain(e, cfg) from None
+
+
 def setup_tensorflow(threads, seed, deterministic, cpu_devices=0, strategy="default"):
   """Logical CPU devices, intra-op threads, the tf.distribute strategy, seeds and op
   determinism, before the process runs any TF op; returns the strategy (None for default).
@@ -297,6 +246,19 @@ def initial_weights(cfg, seed, shape=None):
                                          init_scale=cfg.init_scale))
 
 
+@functools.lru_cache(maxsize=None)
+def _weight_shapes(model, shape):
+  net = models.build(model, shape)
+  return artifacts.weight_shapes({n: layer.weights
+                                  for n, layer in ticket.weight_layers(net).items()})
+
+
+def weight_shapes(cfg):
+  """{layer: [array shapes]} of ``cfg``'s network, what its θ0 and weights.npz must hold
+  (built once per model and dataset)."""
+  return _weight_shapes(cfg.model, data.SHAPES[cfg.dataset])
+
+
 def theta0_seed(cfg, trial):
   """The seed of ``trial``'s θ0 (trial 0's for every trial with --same_init)."""
   return derive_seed(cfg.seed, 0 if cfg.same_init else trial, "init")
@@ -318,29 +280,14 @@ def rewind_path(output_dir, trial, iteration):
   return f"{output_dir}/ticket/trial_{trial}/theta_{iteration}.npz"
 
 
-def layer_rates(cfg, model):
-  """{prunable layer: per-round pruning rate} by the layer's kind."""
-  by_kind = {"conv": cfg.prune_rate_conv, "fc": cfg.prune_rate_fc,
-             "output": cfg.prune_rate_output}
-  return {name: by_kind[models.layer_kind(w.layer)] for name, w in ticket.wrappers(model).items()}
-
-
 def round_targets(cfg, model, round_):
   """How many weights each group of ``model``'s prunable layers keeps after ``round_`` rounds:
-  [((layer, ...), count)], the targets pruning.prune takes.
-
-  IMP and early-bird use the paper's per-layer rates (or one global group for
-  --pruning=global, the output layer apart unless --global_output_layer); SNIP, GraSP and
-  SynFlow rank scores globally, as in their papers.
-  """
-  rates = layer_rates(cfg, model)
+  [((layer, ...), count)], the targets pruning.prune takes (config.groups says which groups)."""
+  wrappers = ticket.wrappers(model)
   sizes = {n: int(np.prod(w.pruning_vars[0][0].shape))  # shapes only: no copy of the values
-           for n, w in ticket.wrappers(model).items()}
-  if cfg.pruning in ("layerwise", "early_bird"):
-    return pruning.layerwise_targets(sizes, rates, round_)
-  pooled = [n for n, w in ticket.wrappers(model).items()
-            if cfg.global_output_layer or models.layer_kind(w.layer) != "output"]
-  return pruning.global_targets(sizes, pooled, cfg.prune_rate, rates, round_)
+           for n, w in wrappers.items()}
+  return config.targets(cfg, sizes, {n: models.layer_kind(w.layer) for n, w in wrappers.items()},
+                        round_)
 
 
 def make_trainer(cfg, model, jit_compile=True, strategy=None):
@@ -354,7 +301,8 @@ def make_trainer(cfg, model, jit_compile=True, strategy=None):
 
 
 def collect_rows(cfg, output_dir):
-  """results.csv rows for every finished stage of ``cfg``, from the stages' metrics.json."""
+  """results.csv rows for every finished stage of ``cfg``, from the stages' metrics.json
+  (each checked: CorruptFileError if one is not a stage's metrics.json)."""
   rows = []
   for arm in ("ticket",) + tuple(cfg.controls):
     for t in range(cfg.trials):
@@ -371,7 +319,8 @@ def collect_rows(cfg, output_dir):
 
 def write_results(cfg, output_dir, logdir=None):
   """results.csv and the TensorBoard summary run, from every finished stage's metrics.json."""
-  rows = collect_rows(cfg, output_dir)
+  with explained(cfg):
+    rows = collect_rows(cfg, output_dir)
   artifacts.write_results(f"{output_dir}/results.csv", rows)
   if logdir:
     summaries.write_summary(logdir, rows, dataclasses.asdict(cfg))
@@ -404,6 +353,11 @@ class _Run:
     self.val = training.Split.of(splits.val_x, splits.val_y)
     self.test = training.Split.of(splits.test_x, splits.test_y)
     self.sizes = {n: k.size for n, k in ticket.get_kernels(self.model).items()}
+    # What every file read back must hold (artifacts.read_mask / read_weights check them).
+    self.mask_shapes = {n: tuple(w.pruning_vars[0][0].shape)
+                        for n, w in ticket.wrappers(self.model).items()}
+    self.weight_shapes = artifacts.weight_shapes(
+        {n: layer.weights for n, layer in ticket.weight_layers(self.model).items()})
 
   def scope(self):
     """The strategy's scope, or no context for the default strategy."""
@@ -421,7 +375,7 @@ class _Run:
     if self.cfg.rewind != "iteration":
       return ticket.RewindCallback(self.theta0(trial))
     path = rewind_path(self.out, trial, self.cfg.rewind_iteration)
-    saved = artifacts.read_weights(path) if artifacts.exists(path) else None
+    saved = artifacts.read_weights(path, self.weight_shapes) if artifacts.exists(path) else None
     return ticket.RewindCallback(saved, rewind_iteration=self.cfg.rewind_iteration,
                                  on_capture=lambda w: artifacts.write_weights(path, w))
 
@@ -448,7 +402,7 @@ class _Run:
     else:  # rewind=none: fine-tune the previous round's trained weights
       seed = self.theta0_seed(trial)
       init = artifacts.read_weights(
-          f"{stage_dir(self.out, 'ticket', trial, round_ - 1)}/weights.npz")
+          f"{stage_dir(self.out, 'ticket', trial, round_ - 1)}/weights.npz", self.weight_shapes)
     with self.scope():
       ticket.set_masks(self.model, mask)
       ticket.set_weights(self.model, init)
@@ -465,7 +419,7 @@ class _Run:
     """θ0 of ``trial``: loaded if saved, else drawn and saved before anything trains."""
     path = theta0_path(self.out, trial)
     if artifacts.exists(path):
-      return artifacts.read_weights(path)
+      return artifacts.read_weights(path, self.weight_shapes)
     weights = self.fresh_weights(self.theta0_seed(trial))
     artifacts.write_weights(path, weights)
     return weights
@@ -474,7 +428,7 @@ class _Run:
     """The mask ``arm`` trains with at ``round_``, written to its stage dir once."""
     path = f"{stage_dir(self.out, arm, trial, round_)}/masks.npz"
     if artifacts.exists(path):
-      return masks.from_bytes(artifacts.read_bytes(path))
+      return artifacts.read_mask(path, self.mask_shapes)
     kernels = ticket.get_kernels(self.model)
     if round_ == 0:
       mask = masks.ones_like(kernels)
@@ -484,9 +438,9 @@ class _Run:
       raise RuntimeError(f"no early-bird mask for round {round_}: the dense round records them")
     elif arm == "ticket":  # prune the trained previous round (one-shot: the dense round)
       prev = stage_dir(self.out, "ticket", trial, 0 if self.cfg.one_shot else round_ - 1)
-      trained = artifacts.read_weights(f"{prev}/weights.npz")
+      trained = artifacts.read_weights(f"{prev}/weights.npz", self.weight_shapes)
       mask = pruning.prune("magnitude", {n: trained[n][0] for n in self.sizes},
-                           masks.from_bytes(artifacts.read_bytes(f"{prev}/masks.npz")),
+                           artifacts.read_mask(f"{prev}/masks.npz", self.mask_shapes),
                            self.targets(round_))
     elif arm in ("reinit", "sign_constant"):
       mask = self.mask("ticket", trial, round_)
@@ -524,7 +478,11 @@ class _Run:
     if cfg.pruning in ("snip", "grasp"):
       return cfg.score_batches
     if cfg.pruning == "early_bird":
-      return artifacts.read_json(early_bird_path(self.out, trial))[str(round_)]
+      path = early_bird_path(self.out, trial)
+      found = artifacts.read_json(path)
+      if str(round_) not in found:
+        raise artifacts.CorruptFileError(path, f"no iteration for round {round_}")
+      return found[str(round_)]
     return cfg.iterations * (1 if cfg.one_shot else round_)
 
   def early_bird_callback(self, trial):
@@ -660,7 +618,8 @@ def run_stage(cfg, output_dir, splits, stage, checkpoint_every=0, jit_compile=Tr
   if run_ is None:
     run_ = _StageRun(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile,
                      callbacks, export, logdir, strategy)
-  return run_.stage(arm, trial, round_, run_.rewinder(trial))
+  with explained(cfg):
+    return run_.stage(arm, trial, round_, run_.rewinder(trial))
 
 
 def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks=(),
@@ -679,16 +638,23 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
   run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile, callbacks,
               export, logdir, strategy)
   order = stage_order(cfg)  # a topological order of dependencies(cfg), trial by trial
-  for trial in range(cfg.trials):
-    rewinder = run_.rewinder(trial)
-    for arm, _, r in [s for s in order if s[1] == trial]:
-      metrics = run_.stage(arm, trial, r, rewinder)
-      if metrics["diverged"] and on_divergence == "stop":
-        raise DivergedError(
-            f"[{arm} trial {trial} round {r}] diverged (NaN/inf loss), recorded in "
-            f"{output_dir}/results.csv; lower --learning_rate, or pass "
-            f"--on_divergence=continue to go on")
-      if metrics["diverged"] and arm == "ticket":
-        logging.warning("trial %d ends at round %d: its ticket diverged", trial, r)
-        break
+  progress = console.StageProgress(len(order), "local")
+  with explained(cfg):  # a corrupt file's message names what to delete
+    for trial in range(cfg.trials):
+      rewinder = run_.rewinder(trial)
+      stages = [s for s in order if s[1] == trial]
+      for i, (arm, _, r) in enumerate(stages):
+        trained = not artifacts.exists(f"{stage_dir(output_dir, arm, trial, r)}/metrics.json")
+        metrics = run_.stage(arm, trial, r, rewinder)
+        progress.finished(trained, metrics.get("seconds", 0.0))
+        progress.line()
+        if metrics["diverged"] and on_divergence == "stop":
+          raise DivergedError(
+              f"[{arm} trial {trial} round {r}] diverged (NaN/inf loss), recorded in "
+              f"{output_dir}/results.csv; lower --learning_rate, or pass "
+              f"--on_divergence=continue to go on")
+        if metrics["diverged"] and arm == "ticket":
+          logging.warning("trial %d ends at round %d: its ticket diverged", trial, r)
+          progress.total -= len(stages) - i - 1
+          break
   return run_.write_results()

@@ -11,10 +11,11 @@ weights to retrain the ticket from. ``tf.saved_model.load(path)`` and
 import sys
 import uuid
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from lth_tf import ticket
+from lth_tf import artifacts, ticket
 
 
 class TicketExporter:
@@ -57,8 +58,34 @@ class TicketExporter:
     tf.io.gfile.rename(tmp, path)
 
 
+def check_ticket(ticket_dir):
+  """Loads the ticket SavedModel in ``ticket_dir`` and checks what lth_tf wrote into it: every
+  layer's lottery_mask 0/1 and shaped like its lottery_init kernel. CorruptFileError (one line
+  naming the folder and the fix) if it cannot be read or does not hold that."""
+  try:
+    loaded = tf.saved_model.load(ticket_dir)
+  except Exception as e:  # OSError (a bad saved_model.pb), IndexError, OpError...
+    raise artifacts.CorruptFileError(ticket_dir, f"not a readable SavedModel: "
+                                                 f"{artifacts.error_text(e)}") from None
+  mask, init = getattr(loaded, "lottery_mask", None), getattr(loaded, "lottery_init", None)
+  if not mask or not init:
+    raise artifacts.CorruptFileError(ticket_dir, "no lottery_mask and lottery_init: not a "
+                                                 "ticket written by lth_tf.main")
+  for name, m in mask.items():
+    values = m.numpy()
+    if name not in init or tuple(init[name][0].shape) != values.shape:
+      raise artifacts.CorruptFileError(ticket_dir, f"lottery_mask {name} does not fit its "
+                                                   f"lottery_init kernel")
+    if not np.isin(values, (0, 1)).all():
+      raise artifacts.CorruptFileError(ticket_dir, f"lottery_mask {name} has values other "
+                                                   f"than 0 and 1")
+  return loaded
+
+
 def to_tflite(ticket_dir):
-  """Converts a ticket SavedModel to ``<ticket_dir>/model.tflite``; returns its path."""
+  """Converts a ticket SavedModel to ``<ticket_dir>/model.tflite``; returns its path.
+  CorruptFileError if the folder is not a whole ticket (check_ticket)."""
+  check_ticket(ticket_dir)
   converter = tf.lite.TFLiteConverter.from_saved_model(ticket_dir)
   path = f"{ticket_dir}/model.tflite"
   with tf.io.gfile.GFile(path, "wb") as f:
@@ -74,7 +101,11 @@ def main(argv):
     print(f"lth_tf.export: error: --ticket={FLAGS.ticket} is not a ticket SavedModel folder; "
           f"pass <output_dir>/<arm>/trial_<t>/round_<r>/ticket", file=sys.stderr)
     sys.exit(2)
-  print(to_tflite(FLAGS.ticket))
+  try:
+    print(to_tflite(FLAGS.ticket))
+  except artifacts.CorruptFileError as e:
+    print(f"lth_tf.export: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run():

@@ -1,20 +1,25 @@
 """Command line: absl flags -> an experiment Config -> experiment.run.
 
-The only module that reads FLAGS. Usage:
+Usage:
   python -m lth_tf.main --model=conv2 --rounds=10
   python -m lth_tf.main --flagfile=flags/smoke.cfg
+
+Every flag is checked before TensorFlow is imported (lth_tf.config knows the networks' sizes
+without building them): a bad command costs a fraction of a second, prints one line naming the
+flag and the fix, exits with code 2 and writes nothing.
 """
+import math
 import os
 import sys
 
 from absl import app, flags, logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import data, distribute, executor, experiment, lock, models, plot, training
+from lth_tf import architectures, config, console, data  # no TensorFlow in these
 
 FLAGS = flags.FLAGS
 # Names are plain strings checked by Config.validate, so a typo gets our one-line error.
-flags.DEFINE_string("model", None, f"Network to prune: {', '.join(models.ARCHITECTURES)}.")
+flags.DEFINE_string("model", None, f"Network to prune: {', '.join(architectures.ARCHITECTURES)}.")
 flags.DEFINE_string("dataset", None, f"Dataset: {', '.join(data.SHAPES)} (default: the "
                     "model's paper dataset: mnist for lenet300_100, cifar10 for the others).")
 flags.DEFINE_integer("rounds", 10, "Pruning rounds after the dense round 0; --rounds=10 trains "
@@ -43,12 +48,12 @@ flags.DEFINE_float("prune_rate_fc", None, "Fraction of surviving fc weights prun
 flags.DEFINE_float("prune_rate_output", None, "Output layer rate (default: half the fc rate; "
                    "0 for vgg19/resnet20).")
 flags.DEFINE_list("controls", ["reinit"], "Control arms, comma list of: "
-                  f"{', '.join(experiment.CONTROLS)}; empty for tickets only.")
+                  f"{', '.join(config.CONTROLS)}; empty for tickets only.")
 flags.DEFINE_integer("trials", 1, "Independent repetitions, each with its own θ0.")
 flags.DEFINE_bool("same_init", False, "Every trial starts from the same θ0 (trial 0's); only "
                   "the data order differs between trials.")
 flags.DEFINE_integer("seed", 0, "Base seed; every trial, arm and round derives its own from it.")
-flags.DEFINE_string("initializer", None, f"Kernel initializer: {', '.join(models.INITIALIZERS)} "
+flags.DEFINE_string("initializer", None, f"Kernel initializer: {', '.join(architectures.INITIALIZERS)} "
                     "(default: the paper's: glorot_normal; he_normal for vgg19/resnet20).")
 flags.DEFINE_float("init_scale", 0.05, "Standard deviation for --initializer=truncated_normal.")
 flags.DEFINE_string("pruning", None, "How masks are found: layerwise (IMP, the paper: "
@@ -126,10 +131,13 @@ def resolved_flags(unset=()):
   Flags named in `unset` are taken at their default, whatever the command line says: what an
   older flags.cfg that lacks them ran with.
   """
-  if FLAGS.model not in experiment.PAPER:
+  if FLAGS.model is None:
+    raise UserError(f"--model is required; pass one of {', '.join(architectures.ARCHITECTURES)}"
+                    f" (or --flagfile=flags/smoke.cfg for a two-minute example)")
+  if FLAGS.model not in config.PAPER:
     raise UserError(f"--model={FLAGS.model} is not a model; pass one of "
-                    f"{', '.join(models.ARCHITECTURES)}")
-  paper = experiment.PAPER[FLAGS.model]
+                    f"{', '.join(architectures.ARCHITECTURES)}")
+  paper = config.PAPER[FLAGS.model]
   values = {name: FLAGS[name].default if name in unset else FLAGS[name].value
             for name in RESULT_FLAGS}
   for name in ("dataset", "iterations", "batch_size", "learning_rate", "prune_rate_conv",
@@ -149,8 +157,8 @@ def resolved_flags(unset=()):
   if values["prune_rate"] is None:
     values["prune_rate"] = values["prune_rate_fc"]
   if values["prune_rate_output"] is None:
-    values["prune_rate_output"] = experiment.paper_output_rate(values["model"],
-                                                              values["prune_rate_fc"])
+    values["prune_rate_output"] = config.paper_output_rate(values["model"],
+                                                          values["prune_rate_fc"])
   if values["threads"] == 0:
     values["threads"] = os.cpu_count() or 1
   if values["xla"] is None:
@@ -162,10 +170,10 @@ def resolved_flags(unset=()):
 
 
 def config_from(values):
-  fields = {f: values[f] for f in experiment.Config.__dataclass_fields__}
+  fields = {f: values[f] for f in config.Config.__dataclass_fields__}
   fields["controls"] = tuple(fields["controls"])
   fields["lr_drops"] = tuple(int(d) for d in fields["lr_drops"])
-  return experiment.Config(**fields)
+  return config.Config(**fields)
 
 
 def flagfile_text(values, output_dir):
@@ -184,7 +192,7 @@ def check_output_dir(output_dir, values, text):
 
   path = f"{output_dir}/flags.cfg"
   if artifacts.exists(path):
-    old = artifacts.parse_flagfile(artifacts.read_bytes(path).decode())
+    old = artifacts.read_flagfile(path)
     new = artifacts.parse_flagfile(text)
     # A flag missing from an older flags.cfg had its default then (flags are only ever added),
     # resolved as today (--prune_rate's default is --prune_rate_fc's value).
@@ -203,25 +211,35 @@ def check_output_dir(output_dir, values, text):
   try:
     artifacts.write_bytes(path, text)
   except Exception as e:
-    raise UserError(f"--output_dir={output_dir} is not writable ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:150] if str(e) else ''}); pass a writable "
-                    f"--output_dir") from e
+    raise not_writable(output_dir, e) from e
 
 
-def setup_tensorflow(values):
-  """Returns the tf.distribute strategy (None for default)."""
-  return experiment.setup_tensorflow(values["threads"], values["seed"], values["deterministic"],
-                                     values["cpu_devices"], values["strategy"])
+def not_writable(output_dir, e):
+  """The UserError for an --output_dir that cannot be written (OSError, or TF's for a URL)."""
+  first = str(e).splitlines()[0][:150] if str(e) else ""
+  return UserError(f"--output_dir={output_dir} is not writable ({type(e).__name__}: {first}); "
+                   f"pass a writable --output_dir")
 
 
-def check_strategy(values):
-  """--strategy and --cpu_devices, before TensorFlow starts."""
-  if values["strategy"] not in distribute.STRATEGIES:
+# Bounds on the settings that do not change the numbers; beyond them TensorFlow fails late.
+MAX_THREADS = 1024
+MAX_CPU_DEVICES = 64
+
+
+def check_runtime(values, eval_every):
+  """The flags that decide how, not what, is computed; before TensorFlow starts."""
+  if values["strategy"] not in config.STRATEGIES:
     raise UserError(f"--strategy={values['strategy']} is unknown; use one of "
-                    f"{', '.join(distribute.STRATEGIES)}")
-  if values["cpu_devices"] < 0:
-    raise UserError(f"--cpu_devices={values['cpu_devices']} is invalid; pass 0 (one CPU "
-                    f"device) or a count such as 2")
+                    f"{', '.join(config.STRATEGIES)}")
+  for name, bound, meaning in (("threads", MAX_THREADS, "0 (all cores) or a count such as 2"),
+                               ("cpu_devices", MAX_CPU_DEVICES, "0 (one CPU device) or a "
+                                                                "count such as 2")):
+    if not 0 <= values[name] <= bound:
+      raise UserError(f"--{name}={FLAGS[name].value} is invalid; pass {meaning}, at most "
+                      f"{bound}")
+  if FLAGS.checkpoint_every < 0 or FLAGS.checkpoint_every % eval_every:
+    raise UserError(f"--checkpoint_every={FLAGS.checkpoint_every} must be 0 or a multiple of "
+                    f"--eval_every={eval_every}")
   if values["strategy"] != "default" and FLAGS["xla"].present and FLAGS.xla:
     logging.warning("--strategy=%s trains without XLA (TF-MOT's wrappers merge_call in the "
                     "forward pass); recording --xla=False", values["strategy"])
@@ -232,23 +250,59 @@ def check_strategy(values):
 
 
 def check_executor(values):
-  """The --executor and --ray_* flags; returns Ray's per-task (CPUs, GPUs)."""
+  """The --executor and --ray_* flags; returns Ray's per-task (CPUs, GPUs), None for local."""
   if FLAGS.executor != "ray":
     return None
-  missing = executor.ray_missing()
-  if missing:
-    raise UserError(missing)
   cpus = values["threads"] if FLAGS.ray_cpus_per_task is None else FLAGS.ray_cpus_per_task
-  if cpus < 1 or FLAGS.ray_gpus_per_task < 0:
-    raise UserError(f"--ray_cpus_per_task={cpus} must be 1 or more and --ray_gpus_per_task="
-                    f"{FLAGS.ray_gpus_per_task} 0 or more")
-  return cpus, FLAGS.ray_gpus_per_task
+  gpus = FLAGS.ray_gpus_per_task
+  if not 1 <= cpus <= MAX_THREADS or not 0 <= gpus < math.inf:
+    raise UserError(f"--ray_cpus_per_task={cpus} must be 1 to {MAX_THREADS} and "
+                    f"--ray_gpus_per_task={gpus} 0 or more")
+  try:
+    import ray  # noqa: F401
+  except ImportError:
+    raise UserError("--executor=ray needs Ray: pip install 'lth-tf[ray]'") from None
+  return cpus, gpus
+
+
+def check_writable(output_dir):
+  """Refuses an --output_dir that could not be created or written, without writing: its
+  nearest existing folder must be a writable folder (a URL such as gs:// is left to TF)."""
+  if "://" in output_dir:
+    return
+  path = os.path.abspath(output_dir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+    raise UserError(f"--output_dir={output_dir} is not writable ({path} is not a writable "
+                    f"folder); pass a writable --output_dir")
+
+
+def check_flags():
+  """Every flag, before TensorFlow is imported: (resolved values, Config, Ray resources)."""
+  values = resolved_flags()
+  cfg = config_from(values).validate()
+  check_runtime(values, cfg.eval_every)
+  check_writable(FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}")
+  if FLAGS.manual_dir is not None and not os.path.isdir(FLAGS.manual_dir):
+    raise UserError(f"--manual_dir={FLAGS.manual_dir} is not a folder; pass the folder holding "
+                    f"the {cfg.dataset} archives")
+  ray_resources = check_executor(values)
+  late = [d for d in cfg.lr_drops if d >= cfg.iterations]
+  if late:
+    logging.warning("--lr_drops=%s: the drops at %s come at or after --iterations=%d and "
+                    "never happen", ",".join(map(str, cfg.lr_drops)),
+                    ",".join(map(str, late)), cfg.iterations)
+  if cfg.warmup_iterations > cfg.iterations:
+    logging.warning("--warmup_iterations=%d exceeds --iterations=%d: the learning rate never "
+                    "reaches --learning_rate", cfg.warmup_iterations, cfg.iterations)
+  return values, cfg, ray_resources
 
 
 def warn_if_environment_differs(cfg, output_dir):
   """Resuming on other libraries or another CPU: its stages will differ in the last bits from
   a rerun of the ones already there (lth_tf.environment), so say so."""
-  from lth_tf import artifacts, environment
+  from lth_tf import artifacts, environment, experiment
   for arm, trial, round_ in cfg.stages():
     path = f"{experiment.stage_dir(output_dir, arm, trial, round_)}/metrics.json"
     if artifacts.exists(path):
@@ -261,32 +315,36 @@ def warn_if_environment_differs(cfg, output_dir):
       return changed
 
 
+def fail(message):
+  """Our one-line error and exit code 2: bad input, never a crash."""
+  print(f"lth_tf: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    fail(f"unexpected arguments {' '.join(argv[1:])!r}; every setting is a --flag=value")
+  calmed = console.calm(logging.get_verbosity())
   try:
-    values = resolved_flags()
-    cfg = config_from(values).validate()
-    if FLAGS.checkpoint_every < 0 or FLAGS.checkpoint_every % cfg.eval_every:
-      raise UserError(f"--checkpoint_every={FLAGS.checkpoint_every} must be 0 or a multiple of "
-                      f"--eval_every={cfg.eval_every}")
-    late = [d for d in cfg.lr_drops if d >= cfg.iterations]
-    if late:
-      logging.warning("--lr_drops=%s: the drops at %s come at or after --iterations=%d and "
-                      "never happen", ",".join(map(str, cfg.lr_drops)),
-                      ",".join(map(str, late)), cfg.iterations)
-    if cfg.warmup_iterations > cfg.iterations:
-      logging.warning("--warmup_iterations=%d exceeds --iterations=%d: the learning rate never "
-                      "reaches --learning_rate", cfg.warmup_iterations, cfg.iterations)
+    values, cfg, ray_resources = check_flags()
+  except (UserError, config.ConfigError) as e:
+    fail(e)
+  with console.quiet_native_stderr(calmed):  # TensorFlow's C++ start-up lines
+    import tensorflow as tf
+    tf.config.list_physical_devices()  # looks for GPUs (and says so), configures nothing
+    from lth_tf import (artifacts, distribute, executor, experiment, lock, plot, report,
+                        training)
+  try:
     output_dir = FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}"
-    check_strategy(values)
-    ray_resources = check_executor(values)
-    strategy = setup_tensorflow(values)
+    strategy = experiment.setup_tensorflow(values["threads"], values["seed"],
+                                           values["deterministic"], values["cpu_devices"],
+                                           values["strategy"])
     experiment.check_strategy(cfg, strategy)
     task_type, task_id, chief = distribute.task(strategy)
     if task_type is not None:
       logging.info("multi-worker: this is %s %d%s; every worker writes its own --output_dir",
                    task_type, task_id, " (the chief)" if chief else "")
+    data.check_available(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir)  # before any write
     text = flagfile_text(values, output_dir)
     # One driver per folder. Taken before check_output_dir, whose --overwrite deletes the
     # folder: a second driver must not delete a running experiment.
@@ -296,15 +354,15 @@ def main(argv):
     except lock.LockHeld:
       raise
     except Exception as e:  # OSError, or TensorFlow's for a URL
-      raise UserError(f"--output_dir={output_dir} is not writable ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:150] if str(e) else ''}); pass a writable "
-                      f"--output_dir") from e
+      raise not_writable(output_dir, e) from e
     with driver_lock:
       check_output_dir(output_dir, values, text)
       driver_lock.ensure()  # --overwrite deleted the folder with the lock in it
       logging.info("experiment %s -> %s (%s executor)", cfg, output_dir, FLAGS.executor)
       warn_if_environment_differs(cfg, output_dir)
-      data.check_available(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+      logging.info("data: %s, prepared once in %s", cfg.dataset,
+                   FLAGS.data_dir or "~/tensorflow_datasets (TFDS's default; --data_dir moves "
+                                     "it)")
       job = executor.Job(cfg, output_dir, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
                          checkpoint_every=FLAGS.checkpoint_every, jit_compile=values["xla"],
                          export=FLAGS.export,
@@ -319,19 +377,48 @@ def main(argv):
         executor.prepare_data(cfg, FLAGS.data_dir, FLAGS.manual_dir)
         rows = executor.run_ray(job, FLAGS.ray_address, *ray_resources,
                                 on_divergence=FLAGS.on_divergence)
-      logging.info("done: %d rows in %s/results.csv", len(rows), output_dir)
-      for path in plot.plot_experiment(output_dir):
-        logging.info("wrote %s", path)
-  except (UserError, experiment.ConfigError, experiment.DivergedError,
+      figures = plot.plot_experiment(output_dir)
+      logging.info("wrote %d figures: %s", len(figures), ", ".join(figures))
+      logging.info("done: %d rows in %s/results.csv; by round (python -m lth_tf.report "
+                   "--output_dir=%s prints it again):\n%s", len(rows), output_dir, output_dir,
+                   report.table(rows, cfg.trials))
+  except (UserError, config.ConfigError, experiment.DivergedError, artifacts.CorruptFileError,
           data.DatasetUnavailableError, training.CorruptCheckpointError, lock.LockHeld,
           executor.ExecutorError) as e:
-    print(f"lth_tf: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(e)
+
+
+def parse_flags(argv):
+  """absl's parsing, with its errors (an unknown flag, a value of the wrong type, an unreadable
+  --flagfile) as one line and exit code 2 like ours, and an experiment's flags.cfg reused as a
+  --flagfile refused if it names another --flagfile: lth_tf never writes one, so the file was
+  edited, and absl would follow it wherever it points."""
+  for i, arg in enumerate(argv[1:], start=1):
+    path = None
+    if arg.lstrip("-").startswith("flagfile="):
+      path = arg.split("=", 1)[1]
+    elif arg.lstrip("-") == "flagfile" and i + 1 < len(argv):
+      path = argv[i + 1]
+    if path and os.path.basename(path) == "flags.cfg" and os.path.isfile(path):
+      try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+          nested = [line.strip() for line in f if line.strip().lstrip("-").startswith("flagfile")]
+      except OSError:
+        nested = []  # absl reports it below
+      if nested:
+        fail(f"--flagfile={path} is an experiment's flags.cfg that names another flagfile "
+             f"({nested[0][:100]}); lth_tf never writes one: remove that line, or pass the "
+             f"flags themselves")
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    fail(f"{first.removeprefix('ERROR:: ')}; see python -m lth_tf.main --helpfull")
 
 
 def run():
   """Console-script entry point (``lth-tf``)."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

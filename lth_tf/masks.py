@@ -38,10 +38,70 @@ def to_bytes(mask):
   return buf.getvalue()
 
 
-def from_bytes(data):
+def load_npz(data):
+  """An .npz file's bytes as {name: array}. Never unpickles: an object array is refused.
+
+  Raises ValueError, one line saying what is wrong, unless ``data`` is a whole npz file.
+  """
   import io
-  with np.load(io.BytesIO(data)) as z:
-    return {n: z[n].astype(np.float32) for n in z.files}
+  import zipfile
+  if not data.startswith(b"PK"):
+    raise ValueError("not an npz file" + (" (empty)" if not data else ""))
+  try:
+    z = np.load(io.BytesIO(data), allow_pickle=False)
+  except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, ...
+    raise ValueError(f"not a readable npz file: {_why(e)}") from None
+  with z:
+    out = {}
+    for name in z.files:
+      try:
+        out[name] = z[name]
+      except ValueError as e:
+        if "allow_pickle" in str(e):
+          raise ValueError(f"array {name!r} holds Python objects, which lth_tf never writes "
+                           f"and will not unpickle") from None
+        raise ValueError(f"array {name!r} is unreadable: {_why(e)}") from None
+      except (zipfile.BadZipFile, EOFError, OSError, KeyError, RuntimeError) as e:
+        raise ValueError(f"array {name!r} is damaged or truncated: {_why(e)}") from None
+      except Exception as e:  # zlib.error and other decompression failures
+        raise ValueError(f"array {name!r} is unreadable: {_why(e)}") from None
+  return out
+
+
+def _why(e):
+  first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+  return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def from_bytes(data, shapes=None):
+  """A masks.npz's bytes as {layer: 0/1 float32 array}.
+
+  ValueError (one line) unless it is an npz of 0/1 arrays, with exactly the layers and kernel
+  shapes of ``shapes`` ({layer: kernel shape}, e.g. Config.kernel_shapes's) when given.
+  """
+  mask = {}
+  for name, m in load_npz(data).items():
+    if m.dtype.kind not in "biuf":
+      raise ValueError(f"layer {name} holds {m.dtype}, not a 0/1 mask")
+    if not np.isin(m, (0, 1)).all():
+      bad = m[~np.isin(m, (0, 1))].ravel()[0]
+      raise ValueError(f"layer {name} has values other than 0 and 1 (e.g. {bad})")
+    mask[name] = m.astype(np.float32)
+  if not mask:
+    raise ValueError("no layers")
+  if shapes is not None:
+    missing = [n for n in shapes if n not in mask]
+    extra = [n for n in mask if n not in shapes]
+    if missing:
+      raise ValueError(f"missing layer{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if extra:
+      raise ValueError(f"layer{'s' if len(extra) > 1 else ''} {', '.join(extra)} not in the "
+                       f"model (its prunable layers: {', '.join(shapes)})")
+    for n, shape in shapes.items():
+      if mask[n].shape != tuple(shape):
+        raise ValueError(f"layer {n} has shape {mask[n].shape}, the model's kernel "
+                         f"{tuple(shape)}")
+  return mask
 
 
 def _layer_pairs(a, b):

@@ -9,31 +9,10 @@ by layer name across models, rounds and files. Only Conv2D and Dense layers get 
 """
 import tf_keras as keras
 
-# name -> (conv filters with "pool" markers, fully-connected widths); Frankle & Carbin 2019, Fig. 2.
-PLAIN = {
-    "lenet300_100": ((), (300, 100)),
-    "conv2": ((64, 64, "pool"), (256, 256)),
-    "conv4": ((64, 64, "pool", 128, 128, "pool"), (256, 256)),
-    "conv6": ((64, 64, "pool", 128, 128, "pool", 256, 256, "pool"), (256, 256)),
-}
-# CIFAR VGG-19 with batch norm (Frankle et al. 2019/2020 after Liu et al. 2019; open_lth's
-# cifar_vgg_19): 3x3 conv -> BN -> ReLU, 2x2 max-pooling at the markers, then global average
-# pooling (a 2x2 map on 32x32 inputs) and the 10-way output layer; no hidden dense layers.
-VGG = {
-    "vgg19": (64, 64, "pool", 128, 128, "pool", 256, 256, 256, 256, "pool",
-              512, 512, 512, 512, "pool", 512, 512, 512, 512),
-}
-# CIFAR ResNet (He et al. 2016, Sec. 4.2): name -> (filters of the 3 stages, basic blocks per
-# stage); ResNet-20 = 1 + 3·3·2 + 1 weight layers.
-RESNET = {
-    "resnet20": ((16, 32, 64), 3),
-}
-ARCHITECTURES = {**PLAIN, **VGG, **RESNET}  # every model by name
+from lth_tf.architectures import ARCHITECTURES, INITIALIZERS, PLAIN, RESNET, VGG  # noqa: F401
+
 # Batch norm as PyTorch's (the papers' code): running averages with momentum 0.1, epsilon 1e-5.
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
-
-INITIALIZERS = ("glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal",
-                "truncated_normal", "orthogonal")
 
 
 def initializer(name, seed, scale=1.0):

@@ -4,7 +4,8 @@
 
 writes ``<output_dir>/plots/<name>.png`` and ``.pdf`` for each name in FIGURES. Reads only
 results.csv, flags.cfg and the stages' metrics.json, so it also plots a partial experiment.
-Diverged runs are left out of every mean and counted in the legend.
+Diverged runs are left out of every mean and counted in the legend. A corrupt file is one
+line naming it and the fix (artifacts.CorruptFileError), exit code 2.
 """
 import collections
 import io
@@ -39,13 +40,14 @@ def read_flags(output_dir):
   path = f"{output_dir}/flags.cfg"
   if not artifacts.exists(path):
     return {}
-  return artifacts.parse_flagfile(artifacts.read_bytes(path).decode())
+  return artifacts.read_flagfile(path)
 
 
 def title(run_flags, rows):
   """'model on dataset, N trials', saying 'k of N' while trials are still missing."""
   done = len({r["trial"] for r in rows})
-  planned = int(run_flags.get("trials", done))
+  planned = str(run_flags.get("trials", done))
+  planned = int(planned) if planned.isdigit() else done
   trials = f"{done} of {planned}" if done < planned else f"{done}"
   return (f"{run_flags.get('model', '?')} on {run_flags.get('dataset', '?')}, "
           f"{trials} trial{'s' if planned != 1 else ''}")
@@ -136,7 +138,21 @@ def plot_metric(ax, rows, metric, scale, ylabel):
 def load_metrics(output_dir, arm, trial, round_):
   """A stage's metrics.json, or None if that stage has not finished."""
   path = f"{experiment.stage_dir(output_dir, arm, trial, round_)}/metrics.json"
-  return artifacts.read_json(path) if artifacts.exists(path) else None
+  try:
+    return artifacts.read_json(path) if artifacts.exists(path) else None
+  except artifacts.CorruptFileError as e:
+    raise explained(e, output_dir) from None
+
+
+def explained(error, output_dir):
+  """A corrupt stage file's error with the fix that knows the experiment (which finished
+  stages were built on that stage), when flags.cfg says what the experiment is."""
+  from lth_tf.study import common
+  try:
+    cfg = common.config_from_flags(read_flags(output_dir))
+  except Exception:  # no or an unusable flags.cfg: the generic fix
+    return error
+  return experiment.explain(error, cfg)
 
 
 def pick_rounds(percent_by_round, most=4):
@@ -247,6 +263,8 @@ def plot_experiment(output_dir):
   if not any(r["arm"] == "ticket" for r in rows):
     raise PlotError(f"{path} has no finished ticket round yet")
   heading = title(read_flags(output_dir), rows)
+  for r in rows:  # every file read (and checked) before any figure is written
+    load_metrics(output_dir, r["arm"], r["trial"], r["round"])
   written = []
   for name, (metric, scale, ylabel) in METRICS.items():
     fig = new_figure(heading)
@@ -326,6 +344,8 @@ def main(argv):
         print(path)
     except PlotError as e:
       fail(f"--compare: {e}")
+    except artifacts.CorruptFileError as e:
+      fail(e)
     return
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -337,6 +357,8 @@ def main(argv):
       print(path)
   except PlotError as e:
     fail(f"--output_dir={output_dir}: {e}")
+  except artifacts.CorruptFileError as e:
+    fail(e)
 
 
 def fail(message):

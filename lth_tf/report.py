@@ -156,6 +156,13 @@ def read(output_dir):
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except artifacts.CorruptFileError as e:  # one line naming the file and the fix
+    fail(e)
+
+
+def _main(argv):
   if flags.FLAGS.compare:
     if len(argv) < 2:
       fail("--compare needs experiment folders as arguments: --compare DIR1 DIR2 ...")
@@ -165,11 +172,13 @@ def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments {' '.join(argv[1:])!r}; pass --output_dir=DIR, or --compare "
          f"DIR1 DIR2 ...")
-  path = f"{flags.FLAGS.output_dir}/results.csv"
   rows = read(flags.FLAGS.output_dir)
-  cfg = artifacts.parse_flagfile(artifacts.read_bytes(f"{flags.FLAGS.output_dir}/flags.cfg")
-                                 .decode())
-  print(table(rows, int(cfg.get("trials", 1))))
+  flags_path = f"{flags.FLAGS.output_dir}/flags.cfg"
+  cfg = artifacts.read_flagfile(flags_path) if artifacts.exists(flags_path) else {}
+  trials = cfg.get("trials", "1")
+  if not trials.isdigit():
+    raise artifacts.CorruptFileError(flags_path, f"--trials={trials[:20]} is not a count")
+  print(table(rows, int(trials)))
   print()
   print(claims_table(rows))
 

@@ -20,6 +20,8 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from lth_tf import artifacts, masks
+
 
 @dataclasses.dataclass
 class Progress:
@@ -67,7 +69,7 @@ def _kernels(model):
   return out
 
 
-OPTIMIZERS = ("adam", "sgd")
+from lth_tf.config import OPTIMIZERS  # noqa: E402  (the names Config validates)
 
 
 class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -211,7 +213,16 @@ class RoundCheckpoint:
   def __init__(self, directory, model, optimizer, max_to_keep=2):
     self.directory = directory
     self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    self._manager = tf.train.CheckpointManager(self._ckpt, directory, max_to_keep=max_to_keep)
+    try:  # reads the index file ``checkpoint`` if there is one
+      self._manager = tf.train.CheckpointManager(self._ckpt, directory,
+                                                 max_to_keep=max_to_keep)
+    except Exception as e:  # UnicodeDecodeError, text_format.ParseError, ...
+      raise self._corrupt(f"{directory}/checkpoint", f"unreadable index: "
+                                                      f"{artifacts.error_text(e)}") from None
+
+  def _corrupt(self, path, problem):
+    return CorruptCheckpointError(path, problem, f"delete the folder {self.directory} to "
+                                                 f"restart this round from its beginning")
 
   def _side(self, iteration):
     return f"{self.directory}/progress-{iteration}.npz"
@@ -236,30 +247,58 @@ class RoundCheckpoint:
     if tf.io.gfile.exists(self.directory):
       tf.io.gfile.rmtree(self.directory)
 
-  def restore(self):
+  def restore(self, state_shapes=None):
     """Restores the latest checkpoint into the model and optimizer.
 
-    Returns (Progress, best_weights) or None when there is no checkpoint.
+    Returns (Progress, best_weights) or None when there is no checkpoint. ``state_shapes``:
+    the shapes of the trainer's state_variables, which the best weights must have.
+    CorruptCheckpointError (one line naming the file and the folder to delete) if the
+    checkpoint or its side file is unreadable or does not fit.
     """
     path = self._manager.latest_checkpoint
     if not path:
       return None
-    import io
+    try:
+      iteration = int(path.rsplit("-", 1)[1])
+    except ValueError:
+      raise self._corrupt(f"{self.directory}/checkpoint", f"it names {path}, not a "
+                                                          f"ckpt-<iteration>") from None
     try:
       self._ckpt.restore(path).assert_existing_objects_matched()
-      with tf.io.gfile.GFile(self._side(int(path.rsplit("-", 1)[1])), "rb") as f:
-        with np.load(io.BytesIO(f.read())) as z:
-          progress = Progress(**json.loads(z["progress"].tobytes().decode()))
-          best = [z[f"w{i}"] for i in range(len(z.files) - 1)]
-    except Exception as e:
-      raise CorruptCheckpointError(
-          f"checkpoint {path} is unreadable ({type(e).__name__}); delete the folder "
-          f"{self.directory} to restart this round from its beginning") from e
+    except Exception as e:  # TensorFlow's errors for missing or damaged files
+      raise self._corrupt(path, f"unreadable: {artifacts.error_text(e)}") from None
+    side = self._side(iteration)
+    try:
+      with tf.io.gfile.GFile(side, "rb") as f:
+        arrays = masks.load_npz(f.read())
+    except Exception as e:  # ValueError from load_npz, NotFoundError
+      raise self._corrupt(side, str(e) if isinstance(e, ValueError) else
+                          f"unreadable: {artifacts.error_text(e)}") from None
+    try:
+      progress = Progress(**json.loads(arrays.pop("progress").tobytes().decode()))
+      if (progress.iteration != iteration or not -1 <= progress.best_index < len(progress.curve)
+          or any(not isinstance(p, dict) for p in progress.curve)):
+        raise ValueError(f"iteration {progress.iteration}, best {progress.best_index} of "
+                         f"{len(progress.curve)} evaluations")
+    except Exception as e:  # KeyError, JSON, TypeError of unknown fields, ...
+      raise self._corrupt(side, f"no valid progress record: {artifacts.error_text(e)}") from None
+    best = [arrays.get(f"w{i}") for i in range(len(arrays))]
+    if any(w is None for w in best):
+      raise self._corrupt(side, f"best weights are not w0 to w{len(arrays) - 1}")
+    if state_shapes is not None and progress.best_index >= 0:
+      want = [tuple(s) for s in state_shapes]
+      if len(best) != len(want):
+        raise self._corrupt(side, f"{len(best)} best-weight arrays, the model has {len(want)} "
+                                  f"state variables")
+      for i, (w, shape) in enumerate(zip(best, want)):
+        if tuple(w.shape) != shape:
+          raise self._corrupt(side, f"best weight w{i} has shape {tuple(w.shape)}, the "
+                                    f"model's {shape}")
     return progress, best or None
 
 
-class CorruptCheckpointError(RuntimeError):
-  pass
+# A corrupt checkpoint is one kind of corrupt file (the name is kept for its callers).
+CorruptCheckpointError = artifacts.CorruptFileError
 
 
 
@@ -273,7 +312,8 @@ def train_round(trainer, train, table, val, test, eval_every, callbacks=(), chec
   """
   model, iterations = trainer.model, len(table)
   start_time = time.perf_counter()
-  restored = checkpoint.restore() if checkpoint is not None else None
+  restored = (checkpoint.restore([v.shape for v in trainer.state_variables])
+              if checkpoint is not None else None)
   progress, best_weights = restored if restored else (Progress(), None)
   if restored:
     logging.info("%s resuming from iteration %d", label, progress.iteration)

@@ -70,3 +70,113 @@ def test_real_fashion_mnist_through_manual_dir():
   # class balance survives the split (6000 per class before it)
   counts = np.bincount(s.val_y, minlength=10)
   assert counts.min() > 400 and counts.max() < 600
+
+
+# --manual_dir: every archive TFDS would look for there is checked by name, size and sha256
+# before anything else, so an incomplete folder fails in seconds instead of after minutes of
+# download retries. No network may be touched: a connection attempt fails the test.
+
+@pytest.fixture
+def no_network(monkeypatch):
+  import socket
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network used: socket.create_connection{args}")
+
+  monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_archive_names_are_tfds_own():
+  # TFDS looks for manual_dir/<filename of its checksums file>; the fallback table agrees.
+  for name in ("mnist", "fashion_mnist", "cifar10"):
+    infos = tfds.builder_cls(name).url_infos
+    assert sorted((i.filename, int(i.size), i.checksum) for i in infos.values()) == \
+        data.archives(name) == sorted(data.ARCHIVES[name])
+  assert [f for f, _, _ in data.archives("cifar10")] == ["cifar-10-binary.tar.gz"]
+
+
+def _unavailable(name, manual_dir, data_dir):
+  import time
+  start = time.perf_counter()
+  with pytest.raises(data.DatasetUnavailableError) as e:
+    data.check_available(name, data_dir=str(data_dir), manual_dir=str(manual_dir))
+  assert time.perf_counter() - start < 10
+  message = str(e.value)
+  assert "\n" not in message and f"--manual_dir={manual_dir}" in message
+  for filename, size, _ in data.archives(name):  # the expected names and sizes
+    assert f"{filename} ({size:,} bytes)" in message
+  return message
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+def test_empty_manual_dir_fails_at_once_naming_the_archives(tmp_path, no_network, name):
+  (tmp_path / "manual").mkdir()
+  message = _unavailable(name, tmp_path / "manual", tmp_path / "data")
+  assert ("holds none of" in message) if name != "cifar10" else (
+      "cifar-10-binary.tar.gz is missing" in message)
+
+
+def _copy_fashion(tmp_path):
+  import shutil
+  manual = tmp_path / "manual"
+  manual.mkdir(parents=True)
+  for filename, _, _ in data.archives("fashion_mnist"):
+    shutil.copyfile(FASHION_MANUAL_DIR / filename, manual / filename)
+  return manual
+
+
+@pytest.mark.skipif(not FASHION_MANUAL_DIR.exists(), reason="needs ../shared/datasets")
+def test_missing_truncated_or_damaged_fashion_archive_is_named(tmp_path, no_network):
+  manual = _copy_fashion(tmp_path)
+  (manual / "train-labels-idx1-ubyte.gz").unlink()
+  message = _unavailable("fashion_mnist", manual, tmp_path / "data")
+  assert "train-labels-idx1-ubyte.gz is missing" in message
+  assert "t10k-images-idx3-ubyte.gz is" not in message  # the whole ones are not blamed
+
+  manual = _copy_fashion(tmp_path / "b")
+  with open(manual / "train-images-idx3-ubyte.gz", "r+b") as f:
+    f.truncate(1_000_000)  # an interrupted copy
+  message = _unavailable("fashion_mnist", manual, tmp_path / "data")
+  assert "train-images-idx3-ubyte.gz has 1,000,000 bytes, not 26,421,880 (truncated)" in message
+
+  manual = _copy_fashion(tmp_path / "c")
+  with open(manual / "t10k-labels-idx1-ubyte.gz", "r+b") as f:
+    f.seek(100)
+    f.write(b"\0" * 8)  # same size, other bytes
+  message = _unavailable("fashion_mnist", manual, tmp_path / "data")
+  assert "t10k-labels-idx1-ubyte.gz has the right size but not the original's sha256" in message
+
+
+def test_mnist_and_cifar10_archives_are_checked_by_size_and_hash(tmp_path, no_network):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  for filename, size, _ in data.archives("mnist"):  # every file there but one truncated
+    with open(manual / filename, "wb") as f:
+      f.truncate(size if "t10k-images" not in filename else size - 1)
+  message = _unavailable("mnist", manual, tmp_path / "data")
+  assert "t10k-images-idx3-ubyte.gz has 1,648,876 bytes, not 1,648,877 (truncated)" in message
+  assert "train-images-idx3-ubyte.gz has the right size but not the original's sha256" in message
+  with open(manual / "cifar-10-binary.tar.gz", "wb") as f:
+    f.truncate(170052171)  # sparse: the right size, zeros inside
+  message = _unavailable("cifar10", manual, tmp_path / "data")
+  assert "cifar-10-binary.tar.gz has the right size but not the original's sha256" in message
+
+
+@pytest.mark.skipif(not FASHION_MANUAL_DIR.exists(), reason="needs ../shared/datasets")
+def test_complete_manual_dir_passes_without_network(tmp_path, no_network):
+  data.check_available("fashion_mnist", data_dir=str(tmp_path / "data"),
+                       manual_dir=str(FASHION_MANUAL_DIR))
+
+
+def test_prepared_data_dir_needs_no_manual_dir(tmp_path, no_network, monkeypatch):
+  # Prepared already: TFDS does not look at --manual_dir, and neither does the check.
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+  (tmp_path / "manual").mkdir()
+  data.check_available("mnist", data_dir=str(tmp_path / "data"),
+                       manual_dir=str(tmp_path / "manual"))
+
+
+def test_load_checks_the_manual_dir_before_tfds_downloads(tmp_path, no_network):
+  (tmp_path / "manual").mkdir()
+  with pytest.raises(data.DatasetUnavailableError, match="holds none of the mnist archives"):
+    data.load("mnist", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path / "manual"))

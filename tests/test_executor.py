@@ -58,7 +58,7 @@ def _expected(cfg, ticket_needs):
     (dict(pruning="grasp"), lambda t, r: []),
     (dict(pruning="synflow"), lambda t, r: []),
     # early-bird masks are recorded during the dense round
-    (dict(pruning="early_bird"), lambda t, r: [0] if r else []),
+    (dict(pruning="early_bird", eb_window=2), lambda t, r: [0] if r else []),
 ], ids=["imp", "global", "rewind_none", "one_shot", "rewind_iteration", "rewind_iteration_one_shot",
         "snip", "grasp", "synflow", "early_bird"])
 def test_dependencies_are_exactly_what_each_stage_reads(kw, ticket_needs):
@@ -474,7 +474,7 @@ def test_ray_resumes_a_local_run_survives_killed_workers_and_equals_local_byte_f
   assert "ray: 1 of 6 stages already finished" in text
   # the kill comes after a checkpoint (at 100, or 200 on a slow machine) and before metrics.json
   assert re.search(r"\[ticket trial 1 round 0\] resuming from iteration [12]00", text)
-  assert "ray: 6/6 stages done, 0 running, 0 waiting" in text
+  assert "ray: 6/6 stages done (0 running, 0 waiting)" in text
   assert "Traceback" not in text
   assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
   for arm, t, r in [("ticket", 1, 0), ("ticket", 1, 1), ("reinit", 1, 1)]:

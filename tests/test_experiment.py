@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+from conftest import accuracy, memorising_splits, u_shaped, weights_recorder
 from lth_tf import artifacts, environment, experiment, masks, pruning, ticket
 
 
@@ -28,11 +29,40 @@ def _cfg(**kw):
   return experiment.Config(**fields)
 
 
+class StageAndFinalRecorder(StageRecorder):
+  """Also records each stage's final trained weights (kernels ⊙ mask), as training ends."""
+
+  def __init__(self):
+    super().__init__()
+    self.finals = []
+
+  def on_train_end(self, logs=None):
+    super().on_train_end(logs)
+    weights, mask = ticket.get_weights(self.model), ticket.get_masks(self.model)
+    self.finals.append({n: [ws[0] * mask[n], *ws[1:]] for n, ws in weights.items()})
+
+
+def perturbed_theta0(cfg, out, shape, scale=0.05, seed=7):
+  """Writes θ0 for trial 0 with nonzero biases (the initializer's are zero), before the run
+  loads it: biases that pruning, masking or rewinding must leave alone, some of them below any
+  pruning threshold. Returns it."""
+  theta0 = experiment.initial_weights(cfg, experiment.theta0_seed(cfg, 0), shape)
+  rng = np.random.default_rng(seed)
+  for arrays in theta0.values():
+    bias = rng.normal(0.0, scale, arrays[1].shape).astype(arrays[1].dtype)
+    arrays[1] = np.where(bias == 0, scale, bias)
+  artifacts.write_weights(experiment.theta0_path(out, 0), theta0)
+  return theta0
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, splits):
+  """Three rounds with both controls, from a θ0 with nonzero biases, with the output layer's
+  rate resolved as lth_tf.main resolves its default (half the fc rate)."""
   out = str(tmp_path_factory.mktemp("exp"))
-  cfg = _cfg()
-  recorder = StageRecorder()
+  cfg = _cfg(prune_rate_output=experiment.paper_output_rate("lenet300_100", 0.5))
+  perturbed_theta0(cfg, out, splits.train_x.shape[1:])
+  recorder = StageAndFinalRecorder()
   rows = experiment.run(cfg, out, splits, callbacks=[recorder])
   return cfg, out, rows, recorder
 
@@ -279,3 +309,131 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, splits):
   with pytest.raises(training.CorruptCheckpointError, match="ckpt-") as e:
     experiment.run(cfg, out, splits, checkpoint_every=40)
   assert "delete the folder" in str(e.value) and "\n" not in str(e.value)
+
+
+# The rules that make the numbers the paper's, each tested so that its plausible wrong versions
+# fail: the output layer's default rate, which weights survive, what pruning reads, biases,
+# and early stopping on a round whose validation loss rises after its minimum.
+
+SIZES = {"fc1": 784 * 300, "fc2": 300 * 100, "output": 100 * 10}
+
+
+def test_output_layer_defaults_to_half_the_fc_rate(finished):
+  for model in ("lenet300_100", "conv2", "conv4", "conv6"):
+    for fc in (0.2, 0.5, 0.4):
+      assert experiment.paper_output_rate(model, fc) == fc / 2
+  for model in ("vgg19", "resnet20"):  # their papers leave the one dense layer unpruned
+    assert experiment.paper_output_rate(model, 0.2) == 0.0
+  cfg, out, _, _ = finished  # built with that default from --prune_rate_fc=0.5
+  assert cfg.prune_rate_output == 0.25
+  for r in range(1, cfg.rounds + 1):
+    kept = int(_load_mask(out, "ticket", r)["output"].sum())
+    assert kept == pruning.keep_count(1000, 0.25, r) != pruning.keep_count(1000, 0.5, r)
+
+
+def test_pruning_reads_the_final_trained_weights(finished):
+  """weights.npz, which the next round is pruned from, holds the (masked) weights each stage
+  ended training with. (Here every round early-stops at its last evaluation; that it is not
+  the early-stopping iteration's is tested on a round whose minimum comes earlier, below.)"""
+  cfg, out, _, recorder = finished
+  for (arm, t, r), final in zip(cfg.stages(), recorder.finals):
+    saved = artifacts.read_weights(f"{experiment.stage_dir(out, arm, t, r)}/weights.npz")
+    for n in final:
+      for a, b in zip(saved[n], final[n]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ticket_keeps_the_largest_magnitudes_of_the_previous_rounds_trained_survivors(finished):
+  """Round r's mask, per layer: the k largest |w| of round r-1's trained weights among round
+  r-1's survivors, k = round(n·(1-p)^r) at the paper's rates. Written here with numpy alone."""
+  cfg, out, _, _ = finished
+  rates = {"fc1": 0.5, "fc2": 0.5, "output": 0.25}
+  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  for r in range(1, cfg.rounds + 1):
+    trained = artifacts.read_weights(
+        f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
+    before, mask = _load_mask(out, "ticket", r - 1), _load_mask(out, "ticket", r)
+    for n, rate in rates.items():
+      w = trained[n][0].ravel()
+      survivors = np.flatnonzero(before[n].ravel())
+      ranked = survivors[np.argsort(-np.abs(w[survivors]), kind="stable")]
+      k = int(round(w.size * (1 - rate) ** r))
+      assert abs(w[ranked[k - 1]]) > abs(w[ranked[k]])  # no tie at the threshold
+      expected = np.zeros(w.size, np.float32)
+      expected[ranked[:k]] = 1
+      np.testing.assert_array_equal(mask[n].ravel(), expected, err_msg=f"round {r} {n}")
+      # what a wrong source would have kept instead: θ0's or the signed weights' largest
+      for wrong in (np.abs(theta0[n][0].ravel()[survivors]), w[survivors]):
+        assert not np.array_equal(np.sort(survivors[np.argsort(-wrong, kind="stable")[:k]]),
+                                  np.sort(ranked[:k]))
+
+
+def test_biases_start_at_theta0_train_and_are_never_masked_or_pruned(finished, splits):
+  cfg, out, _, recorder = finished
+  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  assert all(np.all(arrays[1] != 0) for arrays in theta0.values())  # the fixture: none zero
+  kernels = {n: theta0[n][0].shape for n in SIZES}
+  for (arm, t, r), (start, start_mask), final in zip(cfg.stages(), recorder.starts,
+                                                     recorder.finals):
+    d = experiment.stage_dir(out, arm, t, r)
+    saved = masks.from_bytes(artifacts.read_bytes(f"{d}/masks.npz"))
+    # masks are the kernels' alone, in the file and in the model
+    assert {n: m.shape for n, m in saved.items()} == kernels
+    assert {n: m.shape for n, m in start_mask.items()} == kernels
+    metrics = artifacts.read_json(f"{d}/metrics.json")
+    if arm == "reinit":  # a fresh draw, biases included
+      expected = experiment.initial_weights(cfg, metrics["seeds"]["init"], splits.train_x.shape[1:])
+    else:
+      expected = theta0
+    for n, arrays in start.items():
+      np.testing.assert_array_equal(arrays[1], expected[n][1], err_msg=f"{arm} round {r} {n}")
+    trained = artifacts.read_weights(f"{d}/weights.npz")
+    for n in theta0:
+      if arm != "reinit":  # (whose biases start at zero, where a dead unit's stay)
+        assert np.all(trained[n][1] != 0), f"{arm} round {r}: a bias of {n} ended at zero"
+      assert not np.array_equal(trained[n][1], start[n][1])  # biases train
+      np.testing.assert_array_equal(trained[n][1], final[n][1])
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory):
+  """A dense round whose validation loss is U-shaped: minimum at iteration 15 of 80."""
+  out = str(tmp_path_factory.mktemp("memorised"))
+  cfg = _cfg(rounds=0, controls=(), iterations=80, eval_every=5, batch_size=20,
+             learning_rate=7e-4)
+  splits = memorising_splits()
+  recorder = weights_recorder()
+  (row,) = experiment.run(cfg, out, splits, callbacks=[recorder])
+  return out, splits, row, recorder.trainings[0]
+
+
+def test_early_stop_row_is_the_validation_minimum_and_the_test_accuracy_there(memorised):
+  out, splits, row, at = memorised
+  metrics = artifacts.read_json(f"{experiment.stage_dir(out, 'ticket', 0, 0)}/metrics.json")
+  curve = metrics["curve"]
+  best = u_shaped(curve)
+  csv = artifacts.read_results(f"{out}/results.csv")
+  for recorded in (row, metrics, csv[0]):
+    assert recorded["early_stop_iteration"] == curve[best]["iteration"]
+    assert recorded["early_stop_val_loss"] == pytest.approx(curve[best]["val_loss"], rel=1e-6)
+    assert recorded["early_stop_val_accuracy"] == pytest.approx(curve[best]["val_accuracy"],
+                                                                rel=1e-6)
+  at_stop = accuracy("lenet300_100", at[curve[best]["iteration"]], splits.test_x, splits.test_y)
+  final = accuracy("lenet300_100", at[curve[-1]["iteration"]], splits.test_x, splits.test_y)
+  assert abs(at_stop - final) > 0.05  # the fixture tells the two apart
+  for recorded in (row, metrics, csv[0]):
+    assert recorded["early_stop_test_accuracy"] == pytest.approx(at_stop, abs=1e-6)
+    assert recorded["final_test_accuracy"] == pytest.approx(final, abs=1e-6)
+
+
+def test_a_stage_saves_its_last_weights_not_its_early_stop_weights(memorised):
+  """The next round is pruned from weights.npz: the weights training ended with."""
+  out, _, _, at = memorised
+  d = experiment.stage_dir(out, "ticket", 0, 0)
+  curve = artifacts.read_json(f"{d}/metrics.json")["curve"]
+  saved = artifacts.read_weights(f"{d}/weights.npz")
+  last, early = at[curve[-1]["iteration"]], at[curve[u_shaped(curve)]["iteration"]]
+  for n in saved:
+    for a, b in zip(saved[n], last[n]):
+      np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(saved["fc1"][0], early["fc1"][0])  # the fixture tells them apart

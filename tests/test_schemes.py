@@ -48,6 +48,41 @@ def test_global_pruning_uses_one_threshold_and_keeps_output_rate(tmp_path, split
   assert masks.counts(rp) == masks.counts(mask)
 
 
+def test_global_pruning_prunes_at_its_own_rate_under_one_threshold(tmp_path, splits):
+  """--prune_rate differs from --prune_rate_fc here (0.35 vs 0.2), so pooling at the fc rate,
+  or pruning each layer at 0.35, gives other masks: the pooled layers keep exactly the K
+  largest |w| of all their previous survivors, K at 0.35; the output layer keeps its default
+  rate, half the fc rate."""
+  fc = 0.2
+  _, out, _, _ = _run(tmp_path, splits, pruning="global", prune_rate=0.35, prune_rate_fc=fc,
+                      prune_rate_output=experiment.paper_output_rate("lenet300_100", fc),
+                      controls=())
+  sizes = {"fc1": 784 * 300, "fc2": 300 * 100}
+  for r in (1, 2):
+    mask = _load_mask(out, "ticket", r)
+    prev = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
+    prev_mask = _load_mask(out, "ticket", r - 1)
+    pooled = int(mask["fc1"].sum() + mask["fc2"].sum())
+    assert pooled == pruning.keep_count(sum(sizes.values()), 0.35, r)
+    assert pooled != pruning.keep_count(sum(sizes.values()), fc, r)
+    assert mask["output"].sum() == pruning.keep_count(1000, fc / 2, r)
+    # the K largest |w| of the pooled survivors, by numpy alone: one threshold for both layers
+    w = np.concatenate([prev[n][0].ravel() for n in sizes])
+    alive = np.flatnonzero(np.concatenate([prev_mask[n].ravel() for n in sizes]))
+    ranked = alive[np.argsort(-np.abs(w[alive]), kind="stable")]
+    expected = np.zeros(w.size, np.float32)
+    expected[ranked[:pooled]] = 1
+    np.testing.assert_array_equal(
+        np.concatenate([mask[n].ravel() for n in sizes]), expected, err_msg=f"round {r}")
+    kept = np.concatenate([np.abs(prev[n][0][mask[n] > 0]) for n in sizes])
+    cut = np.concatenate([np.abs(prev[n][0][(mask[n] == 0) & (prev_mask[n] > 0)]) for n in sizes])
+    assert kept.min() >= cut.max()
+    # not what per-layer pruning at either rate would keep
+    for rate in (0.35, fc):
+      assert ((mask["fc1"].sum(), mask["fc2"].sum())
+              != tuple(pruning.keep_count(sizes[n], rate, r) for n in sizes))
+
+
 def test_global_output_layer_pools_the_output(tmp_path, splits):
   _, out, _, _ = _run(tmp_path, splits, pruning="global", prune_rate=0.5,
                       global_output_layer=True, controls=())

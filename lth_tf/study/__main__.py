@@ -67,7 +67,7 @@ def main(argv):
 
   import tensorflow as tf  # heavy: only once the command line is known to be good
 
-  from lth_tf import data
+  from lth_tf import artifacts, data
   from lth_tf.study import common, consistency, infoplane, properties
   if FLAGS.threads:
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
@@ -85,7 +85,7 @@ def main(argv):
         written += properties.run(d, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
   except common.StudyError as e:
     fail(str(e))
-  except data.DatasetUnavailableError as e:
+  except (data.DatasetUnavailableError, artifacts.CorruptFileError) as e:
     fail(str(e))
   for path in written:
     print(path)

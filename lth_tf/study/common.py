@@ -4,6 +4,7 @@ Reads only what ``lth_tf.main`` writes (flags.cfg, results.csv, the stages' file
 """
 import csv
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -11,7 +12,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from lth_tf import artifacts, experiment, masks, study
+from lth_tf import artifacts, experiment, study
 
 
 class StudyError(Exception):
@@ -71,26 +72,37 @@ class Experiment:
   def stage_dir(self, arm, trial, round_):
     return experiment.stage_dir(self.output_dir, arm, trial, round_)
 
+  @functools.cached_property
+  def weight_shapes(self):
+    """{layer: [array shapes]} of the experiment's network: what its weight files hold."""
+    return experiment.weight_shapes(self.cfg)
+
   def mask(self, arm, trial, round_):
-    return masks.from_bytes(artifacts.read_bytes(f"{self.stage_dir(arm, trial, round_)}/masks.npz"))
+    """The stage's masks.npz, checked against the network's prunable kernels."""
+    shapes = {n: s for n, (s, _) in self.cfg.kernel_shapes().items()}
+    with experiment.explained(self.cfg):
+      return artifacts.read_mask(f"{self.stage_dir(arm, trial, round_)}/masks.npz", shapes)
 
   def weights(self, arm, trial, round_):
     """The stage's trained weights (weights.npz), {layer: [kernel, bias]}."""
-    return artifacts.read_weights(f"{self.stage_dir(arm, trial, round_)}/weights.npz")
+    with experiment.explained(self.cfg):
+      return artifacts.read_weights(f"{self.stage_dir(arm, trial, round_)}/weights.npz",
+                                    self.weight_shapes)
 
   def has_weights(self, arm, trial, round_):
     """Whether the stage's weights.npz is here (it stays out of git)."""
     return artifacts.exists(f"{self.stage_dir(arm, trial, round_)}/weights.npz")
 
   def metrics(self, arm, trial, round_):
-    return artifacts.read_json(f"{self.stage_dir(arm, trial, round_)}/metrics.json")
+    with experiment.explained(self.cfg):
+      return artifacts.read_json(f"{self.stage_dir(arm, trial, round_)}/metrics.json")
 
   def theta0(self, trial):
     """θ0 of ``trial``: theta0.npz, or redrawn from its seed where that file is gone (weights
     stay out of git; the draw is a pure function of the seed, so it is the same θ0)."""
     path = experiment.theta0_path(self.output_dir, trial)
     if artifacts.exists(path):
-      return artifacts.read_weights(path)
+      return artifacts.read_weights(path, self.weight_shapes)
     return experiment.initial_weights(self.cfg, experiment.theta0_seed(self.cfg, trial))
 
   def resolve(self, path):
@@ -120,7 +132,7 @@ def load(output_dir):
   if problem:
     raise StudyError(problem)
   flags_path, results_path = f"{output_dir}/flags.cfg", f"{output_dir}/results.csv"
-  values = artifacts.parse_flagfile(artifacts.read_bytes(flags_path).decode())
+  values = artifacts.read_flagfile(flags_path)
   try:
     cfg = config_from_flags(values)
   except KeyError as e:
@@ -154,9 +166,21 @@ def _cell(value):
   return str(value)
 
 
-def read_csv(path):
-  """A study CSV as a list of dicts, numbers parsed (strings left as they are)."""
-  rows = list(csv.DictReader(io.StringIO(artifacts.read_bytes(path).decode())))
+def read_csv(path, columns=None):
+  """A study CSV as a list of dicts, numbers parsed (strings left as they are); with
+  ``columns``, CorruptFileError unless it has exactly those and a value in every cell."""
+  try:
+    text = artifacts.read_bytes(path).decode()
+  except UnicodeDecodeError as e:
+    raise artifacts.CorruptFileError(path, f"not text: {artifacts.error_text(e)}") from None
+  reader = csv.DictReader(io.StringIO(text))
+  rows = list(reader)
+  if columns is not None:
+    if tuple(reader.fieldnames or ()) != tuple(columns):
+      raise artifacts.CorruptFileError(path, f"its header is not {','.join(columns)}")
+    for number, row in enumerate(rows, start=2):
+      if None in row or None in row.values():
+        raise artifacts.CorruptFileError(path, f"line {number} has the wrong number of fields")
   for row in rows:
     for k, v in row.items():
       try:

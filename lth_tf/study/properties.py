@@ -43,7 +43,8 @@ def rewind_weights(exp, trial):
     if not artifacts.exists(path):
       raise StudyError(f"--output_dir={exp.output_dir}: {path} is missing; rerun lth_tf.main "
                        f"with the same flags to finish the dense round")
-    return artifacts.read_weights(path)
+    with experiment.explained(exp.cfg):
+      return artifacts.read_weights(path, exp.weight_shapes)
   return exp.theta0(trial)
 
 
@@ -278,8 +279,14 @@ def run(output_dir, splits=None, data_dir=None, manual_dir=None, jit_compile=Non
   if splits is None:
     splits = load_test_split(exp, data_dir, manual_dir)
   path = f"{exp.output_dir}/study_properties.csv"
-  previous = ({(r["arm"], r["trial"], r["round"], r["layer"], r["metric"]): r["value"]
-               for r in common.read_csv(path)} if artifacts.exists(path) else {})
+  previous = {}
+  for number, r in enumerate(common.read_csv(path, COLUMNS) if artifacts.exists(path) else [],
+                             start=2):
+    if not (isinstance(r["trial"], int) and isinstance(r["round"], int)
+            and isinstance(r["value"], (int, float))):
+      raise artifacts.CorruptFileError(path, f"line {number}: trial, round or value is not a "
+                                             f"number")
+    previous[r["arm"], r["trial"], r["round"], r["layer"], r["metric"]] = r["value"]
   rows = compute(exp, splits, jit_compile, previous)
   artifacts.write_bytes(path, common.csv_text(COLUMNS, rows))
   return [path, *write_figures(exp, rows)]

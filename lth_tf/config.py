@@ -1,0 +1,312 @@
+"""The experiment's configuration: the paper presets, the Config value that determines an
+experiment's numbers, and its validation.
+
+No TensorFlow here, on purpose: the command line validates every flag, including the ones
+whose limits depend on the network (how many rounds before some layer would keep fewer than
+one weight), before TensorFlow is imported, so a refusal costs a fraction of a second and never
+touches the output folder. The limits come from lth_tf.architectures (kernel shapes without
+building a model) and lth_tf.data (image shapes and split sizes without loading anything).
+"""
+import dataclasses
+import math
+
+from lth_tf import architectures, data, pruning
+
+OPTIMIZERS = ("adam", "sgd")  # lth_tf.training builds them
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")  # lth_tf.distribute creates them
+
+CONTROLS = ("reinit", "random_prune", "sign_constant")
+# How ticket masks are found: iterative magnitude pruning (IMP) per layer or with one global
+# threshold, or a cheaper method (pruning at initialization; early-bird during the dense run).
+PRUNING = ("layerwise", "global", "snip", "grasp", "synflow", "early_bird")
+AT_INIT = ("snip", "grasp", "synflow")
+REWIND = ("init", "iteration", "none")
+
+PAPER_BATCH_SIZE = 60
+# Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
+# The output layer is pruned at half the fc rate (resolved by lth_tf.main from --prune_rate_fc).
+_ADAM = dict(batch_size=PAPER_BATCH_SIZE, optimizer="adam", warmup_iterations=0, lr_drops=(),
+             weight_decay=0.0, pruning="layerwise", initializer="glorot_normal")
+# The deeper networks as the follow-ups train them: Frankle, Dziugaite, Roy & Carbin, "Linear
+# Mode Connectivity and the Lottery Ticket Hypothesis" (ICML 2020), Table 1 (ResNet-20; its
+# VGG-16 has the same schedule), which is open_lth's cifar_resnet/cifar_vgg defaults: batch
+# 128, SGD with momentum 0.9, rate 0.1 dropped 10x at 32K and 48K of 63K iterations (80 and
+# 120 of 160 epochs), weight decay 1e-4, He-normal (kaiming) kernels, IMP with one global
+# threshold removing 20% of the conv weights per round. VGG-19 warms up linearly over the first
+# 10K iterations: at rate 0.1 it finds no winning tickets without (Frankle & Carbin 2019, Sec.
+# 5; Frankle et al., "Stabilizing the Lottery Ticket Hypothesis", 2019). The output layer is not
+# pruned (Frankle & Carbin 2019, Fig. 2: "conv 20%, fc 0%"; open_lth ignores VGG's fc.weight).
+_SGD = dict(xla=False, dataset="cifar10", batch_size=128, optimizer="sgd", learning_rate=0.1,
+            iterations=63000, lr_drops=(32000, 48000), weight_decay=1e-4, pruning="global",
+            prune_rate_conv=0.2, prune_rate_fc=0.2, prune_rate_output=0.0, initializer="he_normal")
+# xla: whether training compiles with XLA by default. On CPU, XLA compiles Conv2D training poorly
+# (a Conv-2 block of 10 iterations had not finished compiling after 6 minutes here, and with
+# op determinism it refuses MaxPool's gradient), so only the dense LeNet uses it by default.
+PAPER = {
+    "lenet300_100": dict(_ADAM, xla=True, dataset="mnist", iterations=50000, learning_rate=1.2e-3,
+                         prune_rate_conv=0.0, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv2": dict(_ADAM, xla=False, dataset="cifar10", iterations=20000, learning_rate=2e-4,
+                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv4": dict(_ADAM, xla=False, dataset="cifar10", iterations=25000, learning_rate=3e-4,
+                  prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "conv6": dict(_ADAM, xla=False, dataset="cifar10", iterations=30000, learning_rate=3e-4,
+                  prune_rate_conv=0.15, prune_rate_fc=0.2, prune_rate_output=0.1),
+    "resnet20": dict(_SGD, warmup_iterations=0),
+    "vgg19": dict(_SGD, warmup_iterations=10000),
+}
+
+
+def paper_output_rate(model, prune_rate_fc):
+  """The output layer's default rate: half the fc rate (Frankle & Carbin), or 0 for the deeper
+  networks, whose papers leave their one dense layer unpruned."""
+  return prune_rate_fc / 2 if PAPER[model]["prune_rate_output"] else 0.0
+
+
+class ConfigError(ValueError):
+  """A bad experiment setting; the message is one line naming the flag and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that determines an experiment's numbers (and nothing that does not)."""
+  model: str
+  dataset: str
+  rounds: int
+  iterations: int
+  batch_size: int
+  learning_rate: float
+  eval_every: int
+  prune_rate_conv: float
+  prune_rate_fc: float
+  prune_rate_output: float
+  controls: tuple = ("reinit",)
+  trials: int = 1
+  seed: int = 0
+  initializer: str = "glorot_normal"
+  init_scale: float = 0.05
+  test_curve: bool = False
+  pruning: str = "layerwise"
+  prune_rate: float = 0.2  # global pruning's per-round rate
+  global_output_layer: bool = False  # global pruning: pool the output layer too
+  one_shot: bool = False
+  rewind: str = "init"
+  rewind_iteration: int = 0
+  same_init: bool = False  # every trial starts from trial 0's θ0 (only the data order differs)
+  score_batches: int = 1  # snip/grasp: batches of --batch_size scored at θ0
+  synflow_iterations: int = 100
+  eb_epsilon: float = 0.1  # early_bird: max normalised Hamming distance within the window
+  eb_window: int = 5
+  optimizer: str = "adam"
+  momentum: float = 0.9  # sgd only
+  warmup_iterations: int = 0  # linear warmup of the learning rate from 0
+  lr_drops: tuple = ()  # iterations at which the learning rate is multiplied by lr_drop_factor
+  lr_drop_factor: float = 0.1
+  weight_decay: float = 0.0  # L2 on kernels
+
+  def validate(self):
+    """Raises ConfigError, one line naming the flag and the fix, for the first bad setting;
+    returns self. Checks names, types, ranges and the combinations that would otherwise fail
+    hours later or run without meaning (a layer pruned past its last weight, a batch larger
+    than the training split)."""
+    _check_name("model", self.model, architectures.ARCHITECTURES)
+    _check_name("dataset", self.dataset, data.SHAPES)
+    side = data.SHAPES[self.dataset][0]
+    pools = architectures.pools(self.model) if self.model in architectures.PLAIN else 0
+    if side < 2 ** pools:  # max-pooling floors odd sizes (28 -> 3 ok)
+      raise ConfigError(f"--model={self.model} pools {pools} times and needs images of at "
+                        f"least {2 ** pools} pixels; use another --dataset")
+    if self.model in architectures.VGG and side % 16:
+      raise ConfigError(f"--model={self.model} needs images a multiple of 16 pixels wide; "
+                        f"use --dataset=cifar10")
+    for name, low in (("rounds", 0), ("trials", 1), ("batch_size", 1), ("eval_every", 1),
+                      ("iterations", 1), ("seed", 0), ("warmup_iterations", 0),
+                      ("rewind_iteration", 0), ("score_batches", 1), ("synflow_iterations", 1),
+                      ("eb_window", 2)):
+      _check_int(name, getattr(self, name), low)
+    if self.seed >= 2 ** 32:  # NumPy's and Keras's global seeds are 32-bit
+      raise ConfigError(f"--seed={self.seed} is too large; pass a seed below 2**32 "
+                        f"({2 ** 32})")
+    for name in ("prune_rate_conv", "prune_rate_fc", "prune_rate_output", "prune_rate",
+                 "momentum"):
+      _check_float(name, getattr(self, name), 0.0, 1.0, "a fraction such as 0.2")
+    for name in ("test_curve", "global_output_layer", "one_shot", "same_init"):
+      if not isinstance(getattr(self, name), bool):
+        raise ConfigError(f"--{name}={getattr(self, name)!r} is not a boolean; pass true or "
+                          f"false")
+    _check_positive("learning_rate", self.learning_rate, "a positive rate such as 1.2e-3")
+    _check_positive("init_scale", self.init_scale, "a positive standard deviation such as 0.05")
+    if not isinstance(self.weight_decay, (int, float)) or not 0.0 <= self.weight_decay < math.inf:
+      raise ConfigError(f"--weight_decay={self.weight_decay} is invalid; pass 0 or e.g. 1e-4")
+    if not (isinstance(self.lr_drop_factor, (int, float)) and 0.0 < self.lr_drop_factor <= 1.0):
+      raise ConfigError(f"--lr_drop_factor={self.lr_drop_factor} is outside (0, 1]; pass e.g. "
+                        f"0.1")
+    if not (isinstance(self.eb_epsilon, (int, float)) and 0.0 < self.eb_epsilon < 1.0):
+      raise ConfigError(f"--eb_epsilon={self.eb_epsilon} is outside (0, 1); pass e.g. 0.1")
+    if self.iterations < self.eval_every or self.iterations % self.eval_every:
+      raise ConfigError(f"--iterations={self.iterations} is invalid; pass a multiple of "
+                        f"--eval_every={self.eval_every} (at least one evaluation per round)")
+    train_size = data.TRAIN_SIZES[self.dataset] - data.VALIDATION_SIZE
+    if self.batch_size > train_size:
+      raise ConfigError(f"--batch_size={self.batch_size} exceeds {self.dataset}'s training "
+                        f"split ({train_size:,} examples); pass at most {train_size}")
+    if self.iterations * self.batch_size > MAX_EXAMPLES_PER_ROUND:
+      raise ConfigError(
+          f"--iterations={self.iterations} at --batch_size={self.batch_size} draws "
+          f"{self.iterations * self.batch_size:,} examples per round, more than the "
+          f"{MAX_EXAMPLES_PER_ROUND:,} an in-memory batch table holds (1 GiB); pass fewer "
+          f"--iterations")
+    if not isinstance(self.controls, (tuple, list)) or not all(
+        isinstance(c, str) for c in self.controls):
+      raise ConfigError(f"--controls={self.controls!r} is not a list of names; pass e.g. "
+                        f"--controls=reinit,random_prune")
+    for c in self.controls:
+      if c not in CONTROLS:
+        raise ConfigError(f"--controls contains unknown control {c!r}; use a comma list of "
+                          f"{', '.join(CONTROLS)} (or nothing)")
+    if len(set(self.controls)) != len(self.controls):
+      raise ConfigError(f"--controls={','.join(self.controls)} names a control twice; name "
+                        f"each once")
+    _check_name("pruning", self.pruning, PRUNING)
+    _check_name("rewind", self.rewind, REWIND)
+    _check_name("optimizer", self.optimizer, OPTIMIZERS)
+    _check_name("initializer", self.initializer, architectures.INITIALIZERS)
+    if self.rewind == "iteration" and not (
+        0 < self.rewind_iteration <= self.iterations
+        and self.rewind_iteration % self.eval_every == 0):
+      raise ConfigError(f"--rewind_iteration={self.rewind_iteration} must be a positive multiple "
+                        f"of --eval_every={self.eval_every} up to --iterations={self.iterations}")
+    if self.pruning in AT_INIT + ("early_bird",) and (self.one_shot or self.rewind != "init"):
+      raise ConfigError(f"--pruning={self.pruning} finds masks at or near θ0 and trains them "
+                        f"from θ0; drop --one_shot and --rewind")
+    if self.pruning in ("snip", "grasp") and self.score_batches * self.batch_size > train_size:
+      raise ConfigError(f"--score_batches={self.score_batches} of --batch_size="
+                        f"{self.batch_size} scores more examples than the training split holds "
+                        f"({train_size:,}); pass at most {train_size // self.batch_size}")
+    evaluations = self.iterations // self.eval_every
+    if self.pruning == "early_bird" and self.eb_window > evaluations:
+      raise ConfigError(f"--eb_window={self.eb_window} exceeds the {evaluations} evaluations of "
+                        f"a round (--iterations/--eval_every), so no mask could ever settle; "
+                        f"pass at most {evaluations}")
+    if self.one_shot and self.rewind == "none":
+      raise ConfigError("--one_shot with --rewind=none has no previous round to fine-tune; "
+                        "use --rewind=init or iteration")
+    if (not isinstance(self.lr_drops, (tuple, list))
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in self.lr_drops)
+        or any(d <= 0 for d in self.lr_drops)
+        or list(self.lr_drops) != sorted(set(self.lr_drops))):
+      raise ConfigError(f"--lr_drops={','.join(map(str, self.lr_drops))} must be increasing "
+                        f"positive iterations, e.g. --lr_drops=32000,48000 (or empty)")
+    stages = self.trials * (1 + self.rounds * (1 + len(self.controls)))
+    if stages > MAX_STAGES:
+      raise ConfigError(f"--trials={self.trials} with --rounds={self.rounds} makes {stages:,} "
+                        f"stages, more than {MAX_STAGES:,}; pass fewer --trials or --rounds")
+    last = self.last_round()
+    if self.rounds > last:
+      names, size, rate = self.first_to_empty()
+      raise ConfigError(
+          f"--rounds={self.rounds} prunes {_group_label(names)} ({size:,} weights at rate {rate:g} "
+          f"per round) to fewer than one weight after round {last}; pass --rounds={last} or "
+          f"fewer, or a lower rate")
+    return self
+
+  def kernel_shapes(self):
+    """{prunable layer: (kernel shape, kind)} of this experiment's network, without TF."""
+    return architectures.kernel_shapes(self.model, data.SHAPES[self.dataset])
+
+  def _groups(self):
+    """[(layer names, weights, per-round rate)] of every group of prunable layers."""
+    shapes = self.kernel_shapes()
+    sizes = {n: math.prod(s) for n, (s, _) in shapes.items()}
+    return [(names, sum(sizes[n] for n in names), rate)
+            for names, rate in groups(self, sizes, {n: k for n, (_, k) in shapes.items()})]
+
+  def last_round(self):
+    """The last round at which every pruned group of layers still keeps one weight or more
+    (pruning.keep_count never lets a group reach zero: past this round it trains a group
+    clamped at one weight, which measures nothing)."""
+    return min((_last_round(size, rate) for _, size, rate in self._groups()),
+               default=math.inf)
+
+  def first_to_empty(self):
+    """(layer names, size, rate) of the group that runs out of weights first."""
+    return min(self._groups(), key=lambda g: _last_round(g[1], g[2]))
+
+  def arms(self, round_):
+    """Arms trained at ``round_``: the dense round 0 is the ticket's and shared by all."""
+    return ("ticket",) + (tuple(self.controls) if round_ > 0 else ())
+
+  def stages(self):
+    """Every (arm, trial, round) of the experiment, in the order the local loop runs them."""
+    return [(arm, t, r) for t in range(self.trials) for r in range(self.rounds + 1)
+            for arm in self.arms(r)]
+
+
+# Limits that keep a typo from running for days or exhausting memory before it fails.
+MAX_EXAMPLES_PER_ROUND = 2 ** 28  # the int32 batch table of a round: 1 GiB
+MAX_STAGES = 100_000
+
+
+def groups(cfg, sizes, kinds):
+  """How ``cfg`` groups the prunable layers: [(layer names, per-round rate)], in the order of
+  ``sizes`` ({layer: weights}); ``kinds`` gives each layer's kind (conv, fc or output).
+
+  IMP and early-bird prune each layer at the paper's rate for its kind; --pruning=global
+  pools the layers under one threshold at --prune_rate (the output layer keeps its own rate
+  unless --global_output_layer), and SNIP, GraSP and SynFlow rank their scores the same way,
+  as in their papers.
+  """
+  by_kind = {"conv": cfg.prune_rate_conv, "fc": cfg.prune_rate_fc,
+             "output": cfg.prune_rate_output}
+  if cfg.pruning in ("layerwise", "early_bird"):
+    return [((n,), by_kind[kinds[n]]) for n in sizes]
+  pooled = tuple(n for n in sizes if cfg.global_output_layer or kinds[n] != "output")
+  return [(pooled, cfg.prune_rate)] + [((n,), by_kind[kinds[n]]) for n in sizes
+                                       if n not in pooled]
+
+
+def targets(cfg, sizes, kinds, round_):
+  """How many weights each group keeps after ``round_`` rounds: [((layer, ...), count)], the
+  targets pruning.prune takes."""
+  return [(names, pruning.keep_count(sum(sizes[n] for n in names), rate, round_))
+          for names, rate in groups(cfg, sizes, kinds)]
+
+
+def _last_round(size, rate):
+  """The last round after which ``size`` weights pruned at ``rate`` per round still keep one
+  (before pruning.keep_count's floor of one)."""
+  if rate <= 0:
+    return math.inf
+  r = max(0, int(math.log(0.5 / size) / math.log(1.0 - rate)) - 2)
+  while round(size * (1.0 - rate) ** (r + 1)) >= 1:
+    r += 1
+  return r
+
+
+def _group_label(names):
+  """A group of layers for a message: its one layer, or the pooled layers' first and last."""
+  return names[0] if len(names) == 1 else f"the {len(names)} pooled layers {names[0]}..{names[-1]}"
+
+
+def _check_name(flag, value, choices):
+  if value not in choices:
+    raise ConfigError(f"--{flag}={value} is unknown; use one of {', '.join(choices)}")
+
+
+def _check_int(flag, value, low):
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ConfigError(f"--{flag}={value!r} is not a whole number; pass an integer of {low} or "
+                      f"more")
+  if value < low:
+    raise ConfigError(f"--{flag}={value} is invalid; pass {low} or more")
+
+
+def _check_float(flag, value, low, high, example):
+  """``value`` in [low, high)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+    raise ConfigError(f"--{flag}={value} is outside [{low:g}, {high:g}); pass {example}")
+
+
+def _check_positive(flag, value, example):
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not 0.0 < value < math.inf):
+    raise ConfigError(f"--{flag}={value} is invalid; pass {example}")
