@@ -266,11 +266,16 @@ def _cell(value):
   return str(value)
 
 
-def write_results(path, rows):
-  """results.csv: one row per (arm, trial, round) in RESULT_COLUMNS order."""
+def results_text(rows):
+  """results.csv's text: one row per (arm, trial, round) in RESULT_COLUMNS order."""
   lines = [",".join(RESULT_COLUMNS)]
   lines += [",".join(_cell(row[c]) for c in RESULT_COLUMNS) for row in rows]
-  write_bytes(path, "\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
+
+
+def write_results(path, rows):
+  """results.csv: one row per (arm, trial, round) in RESULT_COLUMNS order."""
+  write_bytes(path, results_text(rows))
 
 
 def read_results(path):

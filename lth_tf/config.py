@@ -11,20 +11,19 @@ import dataclasses
 import math
 
 from lth_tf import architectures, data, pruning
+from lth_tf.arms import registry as arm_registry
+from lth_tf.methods import registry as method_registry
 
 OPTIMIZERS = ("adam", "sgd")  # lth_tf.training builds them
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")  # lth_tf.distribute creates them
 
-CONTROLS = ("reinit", "random_prune", "sign_constant")
-# How ticket masks are found: iterative magnitude pruning (IMP) per layer or with one global
-# threshold, or a cheaper method (pruning at initialization; early-bird during the dense run).
-PRUNING = ("layerwise", "global", "snip", "grasp", "synflow", "early_bird")
-AT_INIT = ("snip", "grasp", "synflow")
+CONTROLS = arm_registry.CONTROLS  # the arms beside the ticket (lth_tf/arms)
+PRUNING = tuple(method_registry.METHODS)  # how ticket masks are found (lth_tf/methods)
 REWIND = ("init", "iteration", "none")
 
 PAPER_BATCH_SIZE = 60
 # Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
-# The output layer is pruned at half the fc rate (resolved by lth_tf.main from --prune_rate_fc).
+# The output layer is pruned at half the fc rate (with_paper_defaults, from --prune_rate_fc).
 _ADAM = dict(batch_size=PAPER_BATCH_SIZE, optimizer="adam", warmup_iterations=0, lr_drops=(),
              weight_decay=0.0, pruning="layerwise", initializer="glorot_normal")
 # The deeper networks as the follow-ups train them: Frankle, Dziugaite, Roy & Carbin, "Linear
@@ -60,6 +59,89 @@ def paper_output_rate(model, prune_rate_fc):
   """The output layer's default rate: half the fc rate (Frankle & Carbin), or 0 for the deeper
   networks, whose papers leave their one dense layer unpruned."""
   return prune_rate_fc / 2 if PAPER[model]["prune_rate_output"] else 0.0
+
+
+# The defaults of a setting left out, for the command line's flags and lth_tf.Config alike:
+# PAPER_DEFAULTED take the model's PAPER value (xla: a flag, not a Config field), prune_rate
+# --prune_rate_fc's value, prune_rate_output paper_output_rate; DEFAULTS the rest of Config's
+# fields without a default of their own (the others take Config's).
+PAPER_DEFAULTED = ("dataset", "iterations", "batch_size", "learning_rate", "optimizer",
+                   "warmup_iterations", "lr_drops", "weight_decay", "prune_rate_conv",
+                   "prune_rate_fc", "pruning", "initializer", "xla")
+DEFAULTS = dict(rounds=10, eval_every=100)
+
+
+def with_paper_defaults(values):
+  """``values`` ({setting: value}; None or absent: the default) with the model's paper
+  defaults filled in, as a new dict: every name of PAPER_DEFAULTED, --prune_rate (the fc
+  rate), --prune_rate_output (paper_output_rate of the fc rate), and --pruning=imp spelled
+  layerwise. The one resolution of these defaults: lth_tf.main's flags and lth_tf.Config both
+  go through it. Settings it does not know are passed through unchanged; ConfigError for a
+  model that is not one."""
+  model = values.get("model")
+  if model not in PAPER:
+    raise ConfigError(f"--model={model} is not a model; pass one of "
+                      f"{', '.join(architectures.ARCHITECTURES)}")
+  paper = PAPER[model]
+  out = dict(values)
+  for name in PAPER_DEFAULTED:
+    if out.get(name) is None:
+      out[name] = paper[name]
+  out["pruning"] = method_registry.ALIASES.get(out["pruning"], out["pruning"])
+  fc = out["prune_rate_fc"]
+  if out.get("prune_rate") is None:
+    out["prune_rate"] = fc
+  if out.get("prune_rate_output") is None:  # a bad fc rate is refused by validate, fc first
+    number = isinstance(fc, (int, float)) and not isinstance(fc, bool)
+    out["prune_rate_output"] = paper_output_rate(model, fc) if number else None
+  return out
+
+
+def paper_config(model, **settings):
+  """The validated Config of ``model`` with ``settings`` (Config's field names) and, for every
+  setting left out, what the command line takes for the flag left out: the paper's values for
+  the model (with_paper_defaults), DEFAULTS, or Config's own defaults. lth_tf.Config.
+
+  ``paper_config("lenet300_100", dataset="fashion_mnist", rounds=2, iterations=1000)`` equals
+  the Config of ``python -m lth_tf.main --model=lenet300_100 --dataset=fashion_mnist
+  --rounds=2 --iterations=1000``. ConfigError, naming the setting, for an unknown setting or a
+  bad value."""
+  fields = {f.name for f in dataclasses.fields(Config)}
+  unknown = sorted(set(settings) - fields)
+  if unknown:
+    raise ConfigError(f"{', '.join(unknown)}: not a setting of an experiment; use "
+                      f"{', '.join(f.name for f in dataclasses.fields(Config))}")
+  values = with_paper_defaults({**DEFAULTS, **settings, "model": model})
+  for name in ("controls", "lr_drops"):  # lists as tuples: a Config is hashable
+    if isinstance(values.get(name), list):
+      values[name] = tuple(values[name])
+  return Config(**{k: v for k, v in values.items() if k in fields}).validate()
+
+
+def settings_from_flags(flags):
+  """An experiment's flags.cfg ({name: value string}, artifacts.read_flagfile) as the Config
+  settings it names, typed: ``paper_config(**settings_from_flags(flags))`` is its Config, a
+  setting missing (an older flags.cfg) resolved as a rerun of the command line resolves it.
+  Flags that are not Config fields (threads, output_dir, ...) are left out; ConfigError for
+  a value that is not of its field's type."""
+  settings = {}
+  for f in dataclasses.fields(Config):
+    if f.name not in flags:
+      continue
+    text = flags[f.name]
+    try:
+      if f.type is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(text)
+        settings[f.name] = text.lower() in ("true", "1")
+      elif f.type is tuple:
+        items = [c for c in text.split(",") if c]
+        settings[f.name] = tuple(int(c) for c in items) if f.name == "lr_drops" else tuple(items)
+      else:
+        settings[f.name] = f.type(text)
+    except ValueError:
+      raise ConfigError(f"--{f.name}={text[:40]} is not a {f.type.__name__}") from None
+  return settings
 
 
 class ConfigError(ValueError):
@@ -175,18 +257,9 @@ class Config:
         and self.rewind_iteration % self.eval_every == 0):
       raise ConfigError(f"--rewind_iteration={self.rewind_iteration} must be a positive multiple "
                         f"of --eval_every={self.eval_every} up to --iterations={self.iterations}")
-    if self.pruning in AT_INIT + ("early_bird",) and (self.one_shot or self.rewind != "init"):
-      raise ConfigError(f"--pruning={self.pruning} finds masks at or near θ0 and trains them "
-                        f"from θ0; drop --one_shot and --rewind")
-    if self.pruning in ("snip", "grasp") and self.score_batches * self.batch_size > train_size:
-      raise ConfigError(f"--score_batches={self.score_batches} of --batch_size="
-                        f"{self.batch_size} scores more examples than the training split holds "
-                        f"({train_size:,}); pass at most {train_size // self.batch_size}")
-    evaluations = self.iterations // self.eval_every
-    if self.pruning == "early_bird" and self.eb_window > evaluations:
-      raise ConfigError(f"--eb_window={self.eb_window} exceeds the {evaluations} evaluations of "
-                        f"a round (--iterations/--eval_every), so no mask could ever settle; "
-                        f"pass at most {evaluations}")
+    problem = method_registry.get(self.pruning).problems(self)
+    if problem:
+      raise ConfigError(problem)
     if self.one_shot and self.rewind == "none":
       raise ConfigError("--one_shot with --rewind=none has no previous round to fine-tune; "
                         "use --rewind=init or iteration")
@@ -250,14 +323,14 @@ def groups(cfg, sizes, kinds):
   """How ``cfg`` groups the prunable layers: [(layer names, per-round rate)], in the order of
   ``sizes`` ({layer: weights}); ``kinds`` gives each layer's kind (conv, fc or output).
 
-  IMP and early-bird prune each layer at the paper's rate for its kind; --pruning=global
-  pools the layers under one threshold at --prune_rate (the output layer keeps its own rate
-  unless --global_output_layer), and SNIP, GraSP and SynFlow rank their scores the same way,
-  as in their papers.
+  A method that is not ``pooled`` (IMP per layer, early-bird) prunes each layer at the
+  paper's rate for its kind; a pooled one (--pruning=global, and SNIP, GraSP and SynFlow, which
+  rank their scores globally as in their papers) pools the layers under one threshold at
+  --prune_rate, the output layer keeping its own rate unless --global_output_layer.
   """
   by_kind = {"conv": cfg.prune_rate_conv, "fc": cfg.prune_rate_fc,
              "output": cfg.prune_rate_output}
-  if cfg.pruning in ("layerwise", "early_bird"):
+  if not method_registry.get(cfg.pruning).pooled:
     return [((n,), by_kind[kinds[n]]) for n in sizes]
   pooled = tuple(n for n in sizes if cfg.global_output_layer or kinds[n] != "output")
   return [(pooled, cfg.prune_rate)] + [((n,), by_kind[kinds[n]]) for n in sizes

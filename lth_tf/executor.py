@@ -224,16 +224,11 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
 
   def finished(stage, row):
     done[stage] = row
-    if not row["diverged"]:
-      return
-    if on_divergence == "stop" and not stop:
-      stop.append(stage)
-    if stage[0] == "ticket":  # as the local loop: the rest of its trial is not run
-      later = {s for s in order if s[1] == stage[1] and position[s] > position[stage]
-               and s not in done and s not in (r for r, _ in running.values())}
-      if later - skipped:
-        logging.warning("trial %d ends at round %d: its ticket diverged", stage[1], stage[2])
-      skipped.update(later)
+    if row["diverged"] and on_divergence == "stop" and not stop:
+      stop.append(stage)  # raised once the running stages have finished
+    if stage not in skipped and experiment.after_stage(stage, row):
+      skipped.update(s for s in order if s[1] == stage[1] and position[s] > position[stage]
+                     and s not in done and s not in (r for r, _ in running.values()))
 
   with experiment.explained(cfg):  # a corrupt metrics.json: one line naming what to delete
     for stage in order:  # resume: finished stages are not submitted again
@@ -297,7 +292,7 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
                    label(stage), row["seconds"], row["early_stop_iteration"],
                    row["early_stop_test_accuracy"])
       finished(stage, row)
-      experiment.write_results(cfg, job.output_dir, job.logdir)
+      experiment.append_result(cfg, job.output_dir, row, job.logdir)
   finally:
     ray.shutdown()
   rows = experiment.write_results(cfg, job.output_dir, job.logdir)
@@ -307,7 +302,5 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
                         f"; {not_run} stage(s) not run; the finished ones are in "
                         f"{job.output_dir}/results.csv; rerun the same command to resume")
   if stop:
-    raise experiment.DivergedError(
-        f"{label(stop[0])} diverged (NaN/inf loss), recorded in {job.output_dir}/results.csv; "
-        f"lower --learning_rate, or pass --on_divergence=continue to go on")
+    raise experiment.diverged_error(stop[0], job.output_dir)
   return rows

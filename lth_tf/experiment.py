@@ -3,32 +3,28 @@ for the ticket and each control, every stage skipped when its output already exi
 
 Resuming is the same loop run again: finished stages are skipped (their metrics.json exists),
 an interrupted stage resumes from its checkpoint. Every seed derives from (seed, trial, arm,
-round), never from execution order.
+round), never from execution order (lth_tf.layout holds the recipes and the output layout).
 
-Output layout under ``output_dir``::
-
-  flags.cfg                         the experiment's flags (reusable as --flagfile)
-  results.csv                       one row per finished (arm, trial, round)
-  ticket/trial_<t>/theta0.npz       θ0, the weights every ticket is reset to
-  <arm>/trial_<t>/round_<r>/masks.npz    the mask trained in that stage
-  <arm>/trial_<t>/round_<r>/weights.npz  the trained (masked) weights at the last iteration
-  <arm>/trial_<t>/round_<r>/metrics.json the results.csv row, per-layer sparsity, the curve
-  <arm>/trial_<t>/round_<r>/ticket/      the trained ticket as a SavedModel (with export)
+The loop knows no pruning method and no arm by name: how the ticket's mask is found is a
+plug-in of lth_tf/methods, what each arm trains is a plug-in of lth_tf/arms, and both are
+reached through their small protocols (methods/base.py, arms/base.py).
 """
 import contextlib
 import dataclasses
 import functools
-import zlib
 
 import numpy as np
-import tf_keras as keras
 from absl import logging
 
-from lth_tf import (artifacts, config, console, data, distribute, environment, masks, models,
-                    pruning, summaries, ticket, training)
+from lth_tf import (artifacts, config, console, data, distribute, environment, layout, masks,
+                    models, summaries, ticket, training)
 from lth_tf import export as export_lib
-from lth_tf.config import (AT_INIT, CONTROLS, PAPER, PAPER_BATCH_SIZE, PRUNING,  # noqa: F401
+from lth_tf.arms import registry as arm_registry
+from lth_tf.config import (CONTROLS, PAPER, PAPER_BATCH_SIZE, PRUNING,  # noqa: F401
                            REWIND, Config, ConfigError, paper_output_rate)
+from lth_tf.layout import (derive_seed, early_bird_path, rewind_path, stage_dir,  # noqa: F401
+                           theta0_path, theta0_seed)
+from lth_tf.methods import registry as method_registry
 
 
 class DivergedError(RuntimeError):
@@ -38,29 +34,16 @@ class DivergedError(RuntimeError):
 def dependencies(cfg):
   """{stage: the stages it needs finished first} for every (arm, trial, round) of ``cfg``.
 
-  A stage needs the files other stages write: the ticket's round r mask is pruned from the
-  trained ticket of round r-1 (one-shot: round 0); early-bird masks and the late-resetting
-  point θ_k are recorded during the dense round 0; SNIP, GraSP and SynFlow score θ0 alone
-  (which every stage draws or loads itself: ``_Run.theta0`` is a pure function of the seeds,
-  written atomically). A control trains the ticket's mask of its round (reinit,
-  sign_constant), its counts (random_prune) or, with --rewind=none, fine-tunes the ticket's
-  previous round: it needs the ticket of its round, which is also the simplest guarantee that
-  the ticket's mask is written once, by the ticket. Nothing crosses trials.
+  A stage needs the files other stages write, as its arm says (lth_tf/arms): a control needs
+  the ticket of its round (its mask, its counts, or with --rewind=none the round it fine-tunes
+  from; also the simplest guarantee that the ticket's mask is written once, by the ticket);
+  the ticket's round r > 0 needs what its method finds the mask from (lth_tf/methods: the
+  previous trained round for IMP, the dense round for one-shot and early-bird, nothing for
+  methods that score θ0, which every stage draws or loads itself) and, with
+  --rewind=iteration, the dense round that captures θ_k. Nothing crosses trials.
   """
-  deps = {}
-  for arm, t, r in cfg.stages():
-    if arm != "ticket":
-      need = [("ticket", t, r)]
-    elif r == 0 or cfg.pruning in AT_INIT:
-      need = []
-    elif cfg.one_shot or cfg.pruning == "early_bird":
-      need = [("ticket", t, 0)]
-    else:  # iterative magnitude pruning (any --rewind): the previous round's trained weights
-      need = [("ticket", t, r - 1)]
-    if arm == "ticket" and r > 0 and cfg.rewind == "iteration" and ("ticket", t, 0) not in need:
-      need.append(("ticket", t, 0))  # θ_k, captured during the dense round
-    deps[(arm, t, r)] = tuple(need)
-  return deps
+  return {(arm, t, r): tuple(arm_registry.get(arm).needs(cfg, t, r) if r > 0 else ())
+          for arm, t, r in cfg.stages()}
 
 
 def check_order(order, deps):
@@ -110,7 +93,7 @@ def changed_by_retraining(cfg, stages):
   built on it go; a control needs only its ticket's mask, which IMP recomputes exactly from
   the files it was pruned from (numpy), so it stays, unless that mask came from TensorFlow."""
   needed_by = _needed_by(cfg)
-  exact_masks = cfg.pruning in ("layerwise", "global")
+  exact_masks = method_registry.get(cfg.pruning).exact
   out = set()
   for stage in stages:
     for later in needed_by.get(stage, ()):
@@ -142,7 +125,7 @@ def stage_fix(cfg, output_dir, stage, name):
   arm, trial, round_ = stage
   folder = stage_dir(output_dir, *stage)
   roots = [stage]
-  if cfg.pruning == "early_bird" and arm == "ticket" and round_ > 0:
+  if method_registry.get(cfg.pruning).masks_from_dense_round and arm == "ticket" and round_ > 0:
     if name != "masks.npz":
       return (f"delete {folder}/weights.npz and {folder}/metrics.json (not its masks.npz, "
               f"which the dense round recorded) and rerun the experiment's command to retrain "
@@ -231,12 +214,6 @@ def check_strategy(cfg, strategy):
     raise ConfigError(f"--batch_size={cfg.batch_size} (the global batch) does not split over "
                       f"the {replicas} replicas of the strategy; pass a multiple of {replicas}")
 
-def derive_seed(*parts):
-  """A 31-bit seed that is a pure function of ``parts`` (ints and strings)."""
-  ints = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
-  return int(np.random.SeedSequence(ints).generate_state(1)[0] % (2**31 - 1))
-
-
 def initial_weights(cfg, seed, shape=None):
   """The weights ``cfg``'s initializer draws with ``seed`` (θ0 of a trial, or a reinit
   control's fresh weights): a pure function of the two, so a lost theta0.npz is redrawn
@@ -257,27 +234,6 @@ def weight_shapes(cfg):
   """{layer: [array shapes]} of ``cfg``'s network, what its θ0 and weights.npz must hold
   (built once per model and dataset)."""
   return _weight_shapes(cfg.model, data.SHAPES[cfg.dataset])
-
-
-def theta0_seed(cfg, trial):
-  """The seed of ``trial``'s θ0 (trial 0's for every trial with --same_init)."""
-  return derive_seed(cfg.seed, 0 if cfg.same_init else trial, "init")
-
-
-def stage_dir(output_dir, arm, trial, round_):
-  return f"{output_dir}/{arm}/trial_{trial}/round_{round_}"
-
-
-def theta0_path(output_dir, trial):
-  return f"{output_dir}/ticket/trial_{trial}/theta0.npz"
-
-
-def early_bird_path(output_dir, trial):
-  return f"{output_dir}/ticket/trial_{trial}/early_bird.json"
-
-
-def rewind_path(output_dir, trial, iteration):
-  return f"{output_dir}/ticket/trial_{trial}/theta_{iteration}.npz"
 
 
 def round_targets(cfg, model, round_):
@@ -318,13 +274,59 @@ def collect_rows(cfg, output_dir):
 
 
 def write_results(cfg, output_dir, logdir=None):
-  """results.csv and the TensorBoard summary run, from every finished stage's metrics.json."""
+  """results.csv and the TensorBoard summary run, from every finished stage's metrics.json
+  (at the end of a run; stages in between append_result)."""
   with explained(cfg):
     rows = collect_rows(cfg, output_dir)
   artifacts.write_results(f"{output_dir}/results.csv", rows)
   if logdir:
     summaries.write_summary(logdir, rows, dataclasses.asdict(cfg))
   return rows
+
+
+def sync_results(cfg, output_dir):
+  """Makes results.csv hold every finished stage (from their metrics.json) before a run
+  appends to it; a file that does already is left untouched."""
+  text = artifacts.results_text(collect_rows(cfg, output_dir))
+  path = f"{output_dir}/results.csv"
+  if not artifacts.exists(path) or artifacts.read_bytes(path).decode(errors="replace") != text:
+    artifacts.write_bytes(path, text)
+
+
+def append_result(cfg, output_dir, row, logdir=None):
+  """Adds one finished stage's ``row`` to results.csv (and the summary run), in the order
+  write_results writes: one small file read and rewritten per stage, where rereading every
+  stage's metrics.json would grow with the square of the stages."""
+  path = f"{output_dir}/results.csv"
+  stage = (row["arm"], row["trial"], row["round"])
+  rows = [r for r in (artifacts.read_results(path) if artifacts.exists(path) else [])
+          if (r["arm"], r["trial"], r["round"]) != stage] + [
+              {c: row[c] for c in artifacts.RESULT_COLUMNS}]
+  arms = ("ticket",) + tuple(cfg.controls)
+  rows.sort(key=lambda r: (arms.index(r["arm"]) if r["arm"] in arms else len(arms),
+                           r["trial"], r["round"]))
+  artifacts.write_results(path, rows)
+  if logdir:
+    summaries.write_summary(logdir, rows, dataclasses.asdict(cfg))
+  return rows
+
+
+def after_stage(stage, row):
+  """The divergence policy, the same for the local loop and Ray: whether the rest of the
+  stage's trial is dropped, which a diverged ticket does (its later rounds would be pruned
+  from NaN weights). With --on_divergence=stop, the caller also raises diverged_error."""
+  if row["diverged"] and stage[0] == "ticket":
+    logging.warning("trial %d ends at round %d: its ticket diverged", stage[1], stage[2])
+    return True
+  return False
+
+
+def diverged_error(stage, output_dir):
+  """The error --on_divergence=stop ends a run with."""
+  arm, trial, round_ = stage
+  return DivergedError(f"[{arm} trial {trial} round {round_}] diverged (NaN/inf loss), recorded "
+                       f"in {output_dir}/results.csv; lower --learning_rate, or pass "
+                       f"--on_divergence=continue to go on")
 
 class _Run:
   """One experiment's shared state: the compiled model reused by every stage, and the data.
@@ -344,6 +346,7 @@ class _Run:
     self.logdir = logdir
     self.checkpoint_every = checkpoint_every
     self.shape = splits.train_x.shape[1:]
+    self._rewinder = None  # the current stage's (start sets it)
     with self.scope():
       self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
       self.trainer = make_trainer(cfg, self.model, jit_compile, strategy)
@@ -352,7 +355,6 @@ class _Run:
     self.train = training.Split.of(splits.train_x, splits.train_y)
     self.val = training.Split.of(splits.val_x, splits.val_y)
     self.test = training.Split.of(splits.test_x, splits.test_y)
-    self.sizes = {n: k.size for n, k in ticket.get_kernels(self.model).items()}
     # What every file read back must hold (artifacts.read_mask / read_weights check them).
     self.mask_shapes = {n: tuple(w.pruning_vars[0][0].shape)
                         for n, w in ticket.wrappers(self.model).items()}
@@ -384,147 +386,53 @@ class _Run:
 
     Returns (those weights before masking, their seed).
     """
-    cfg = self.cfg
-    if arm in ("ticket", "random_prune") and round_ > 0 and cfg.rewind != "none":
-      with self.scope():
-        rewinder.rewind(self.model, mask)  # θ0, or θ_k with late resetting
-      return rewinder.weights, self.theta0_seed(trial)
-    if arm == "sign_constant":  # θ's signs, each layer's std as the one magnitude
-      seed = self.theta0_seed(trial)
-      init = {n: [np.sign(ws[0]) * ws[0].std(), *ws[1:]] if n in mask else ws
-              for n, ws in (rewinder.weights if cfg.rewind == "iteration"
-                            else self.theta0(trial)).items()}
-    elif arm == "reinit":
-      seed = derive_seed(cfg.seed, trial, arm, round_)
-      init = self.fresh_weights(seed)
-    elif round_ == 0:
-      seed, init = self.theta0_seed(trial), self.theta0(trial)
-    else:  # rewind=none: fine-tune the previous round's trained weights
-      seed = self.theta0_seed(trial)
-      init = artifacts.read_weights(
-          f"{stage_dir(self.out, 'ticket', trial, round_ - 1)}/weights.npz", self.weight_shapes)
+    self._rewinder = rewinder  # rewind_weights: θ0, or θ_k captured in the dense round
+    init, seed = arm_registry.get(arm).start_weights(self, trial, round_, mask)
     with self.scope():
       ticket.set_masks(self.model, mask)
       ticket.set_weights(self.model, init)
     return init, seed
 
-  def theta0_seed(self, trial):
-    return theta0_seed(self.cfg, trial)
+  def rewind_weights(self, trial):
+    """What a ticket is rewound to in ``trial``: θ0, or θ_k with --rewind=iteration."""
+    del trial  # the current stage's rewinder is its trial's
+    if self._rewinder.weights is None:
+      raise RuntimeError("no rewind weights saved yet: train the dense round first")
+    return self._rewinder.weights
 
-  def mask_seed(self, arm, trial, round_):
-    """Seed of a random mask (random_prune); None for masks that are not random."""
-    return derive_seed(self.cfg.seed, trial, arm, round_) if arm == "random_prune" else None
+  def trained(self, arm, trial, round_):
+    """The trained (masked) weights of a finished stage, checked against the model."""
+    return artifacts.read_weights(f"{stage_dir(self.out, arm, trial, round_)}/weights.npz",
+                                  self.weight_shapes)
+
+  def ones(self):
+    """The dense mask: every weight kept."""
+    return masks.ones_like(ticket.get_kernels(self.model))
 
   def theta0(self, trial):
     """θ0 of ``trial``: loaded if saved, else drawn and saved before anything trains."""
     path = theta0_path(self.out, trial)
     if artifacts.exists(path):
       return artifacts.read_weights(path, self.weight_shapes)
-    weights = self.fresh_weights(self.theta0_seed(trial))
+    weights = self.fresh_weights(theta0_seed(self.cfg, trial))
     artifacts.write_weights(path, weights)
     return weights
 
   def mask(self, arm, trial, round_):
-    """The mask ``arm`` trains with at ``round_``, written to its stage dir once."""
+    """The mask ``arm`` trains with at ``round_`` (the arm finds it), written to its stage dir
+    once; the dense network at round 0."""
     path = f"{stage_dir(self.out, arm, trial, round_)}/masks.npz"
     if artifacts.exists(path):
       return artifacts.read_mask(path, self.mask_shapes)
-    kernels = ticket.get_kernels(self.model)
-    if round_ == 0:
-      mask = masks.ones_like(kernels)
-    elif arm == "ticket" and self.cfg.pruning in AT_INIT:
-      mask = self.mask_at_init(trial, round_)
-    elif arm == "ticket" and self.cfg.pruning == "early_bird":
-      raise RuntimeError(f"no early-bird mask for round {round_}: the dense round records them")
-    elif arm == "ticket":  # prune the trained previous round (one-shot: the dense round)
-      prev = stage_dir(self.out, "ticket", trial, 0 if self.cfg.one_shot else round_ - 1)
-      trained = artifacts.read_weights(f"{prev}/weights.npz", self.weight_shapes)
-      mask = pruning.prune("magnitude", {n: trained[n][0] for n in self.sizes},
-                           artifacts.read_mask(f"{prev}/masks.npz", self.mask_shapes),
-                           self.targets(round_))
-    elif arm in ("reinit", "sign_constant"):
-      mask = self.mask("ticket", trial, round_)
-    else:  # random_prune: the ticket's per-layer counts, positions at random
-      counts = masks.counts(self.mask("ticket", trial, round_))
-      rng = np.random.default_rng(self.mask_seed(arm, trial, round_))
-      mask = pruning.prune("random", kernels, None, [((n,), c) for n, (c, _) in counts.items()],
-                           rng)
+    mask = self.ones() if round_ == 0 else arm_registry.get(arm).mask(self, trial, round_)
     artifacts.write_bytes(path, masks.to_bytes(mask))
     return mask
 
-  def mask_at_init(self, trial, round_):
-    """SNIP / GraSP / SynFlow mask at θ0 for round ``round_``'s targets."""
-    from lth_tf import saliency
-    cfg = self.cfg
-    # Scored on one device: under a strategy, on a plain copy (no replicas needed to score).
-    model = self.model if self.strategy is None else ticket.wrap(
-        models.build(cfg.model, self.shape, init=cfg.initializer))
-    ticket.set_masks(model, masks.ones_like(ticket.get_kernels(model)))
-    ticket.set_weights(model, self.theta0(trial))
-    if cfg.pruning == "synflow":
-      return saliency.synflow_masks(model, self.targets(round_), cfg.synflow_iterations)
-    rows = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.score_batches,
-                              derive_seed(cfg.seed, trial, "score")).ravel()
-    x, y = self.splits.train_x[rows], self.splits.train_y[rows]
-    score = saliency.snip_scores if cfg.pruning == "snip" else saliency.grasp_scores
-    scores = score(model, x, y, batches=cfg.score_batches, batch_size=cfg.batch_size)
-    return pruning.keep_top(scores, masks.ones_like(scores), self.targets(round_))
-
   def search_iterations(self, trial, round_):
-    """Training iterations spent finding the round's mask (data batches for SNIP/GraSP)."""
-    cfg = self.cfg
-    if round_ == 0 or cfg.pruning == "synflow":
+    """Training iterations spent finding the round's mask (the method says how many)."""
+    if round_ == 0:
       return 0
-    if cfg.pruning in ("snip", "grasp"):
-      return cfg.score_batches
-    if cfg.pruning == "early_bird":
-      path = early_bird_path(self.out, trial)
-      found = artifacts.read_json(path)
-      if str(round_) not in found:
-        raise artifacts.CorruptFileError(path, f"no iteration for round {round_}")
-      return found[str(round_)]
-    return cfg.iterations * (1 if cfg.one_shot else round_)
-
-  def early_bird_callback(self, trial):
-    """During the dense round: one EarlyBird detector per later round's target sparsity.
-
-    Each round's mask is written (with the iteration it settled at) the moment it settles;
-    rounds still unsettled at the end take the final magnitude mask, at --iterations.
-    """
-    from lth_tf import saliency
-    cfg, run = self.cfg, self
-    found_path = early_bird_path(self.out, trial)
-
-    class EarlyBirdRecorder(keras.callbacks.Callback):
-      def on_train_begin(self, logs=None):
-        self.detectors = {r: saliency.EarlyBird(cfg.eb_epsilon, cfg.eb_window)
-                          for r in range(1, cfg.rounds + 1)}
-        self.found = {}
-
-      def _record(self, r, mask, iteration):
-        artifacts.write_bytes(f"{stage_dir(run.out, 'ticket', trial, r)}/masks.npz",
-                              masks.to_bytes(mask))
-        self.found[str(r)] = iteration
-        artifacts.write_json(found_path, self.found)
-
-      def _masks(self):
-        kernels = ticket.get_kernels(self.model)
-        ones = masks.ones_like(kernels)
-        return {r: pruning.prune("magnitude", kernels, ones, run.targets(r))
-                for r in self.detectors if str(r) not in self.found}
-
-      def on_epoch_end(self, epoch, logs=None):
-        ticket.apply_masks(self.model)
-        for r, mask in self._masks().items():
-          if self.detectors[r].update(mask):
-            self._record(r, mask, logs["iteration"])
-
-      def on_train_end(self, logs=None):
-        ticket.apply_masks(self.model)
-        for r, mask in self._masks().items():
-          self._record(r, mask, cfg.iterations)
-
-    return EarlyBirdRecorder()
+    return method_registry.get(self.cfg.pruning).search_iterations(self, trial, round_)
 
   def stage(self, arm, trial, round_, rewinder):
     """Trains one (arm, trial, round) unless its metrics.json exists."""
@@ -540,13 +448,14 @@ class _Run:
     checkpoint = (training.RoundCheckpoint(f"{out_dir}/checkpoint", self.model,
                                            self.trainer.optimizer)
                   if self.checkpoint_every else None)
-    data_seed = derive_seed(cfg.seed, trial, round_, "data")
+    data_seed = layout.data_seed(cfg, trial, round_)
     table = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.iterations,
                                data_seed)
     callbacks = [rewinder, *self.callbacks]
-    early_bird = cfg.pruning == "early_bird" and round_ == 0
-    if early_bird:  # its detectors are not checkpointed: the dense round reruns whole
-      callbacks.append(self.early_bird_callback(trial))
+    hook = (method_registry.get(cfg.pruning).dense_round_callback(self, trial)
+            if round_ == 0 else None)
+    if hook is not None:  # the method's state is not checkpointed: the dense round reruns whole
+      callbacks.append(hook)
       checkpoint = None
     if self.logdir:
       callbacks.append(summaries.StageSummaries(
@@ -572,7 +481,7 @@ class _Run:
                    layer_counts=masks.counts(mask), seconds=result.seconds,
                    environment=environment.describe(),
                    seeds=dict(data=data_seed, init=init_seed,
-                              mask=self.mask_seed(arm, trial, round_)),
+                              mask=arm_registry.get(arm).mask_seed(cfg, trial, round_)),
                    curve=result.curve)
     artifacts.write_json(f"{out_dir}/metrics.json", metrics)
     if checkpoint is not None:
@@ -581,19 +490,19 @@ class _Run:
                  "(final %.4f), %.1f s", label, result.early_stop_iteration,
                  result.early_stop_val_loss, result.early_stop_test_accuracy,
                  result.final_test_accuracy, result.seconds)
-    self.write_results()
+    self.record(metrics)
     return metrics
 
-  def write_results(self):
-    """results.csv and the TensorBoard summary run, from every finished stage's metrics.json."""
-    return write_results(self.cfg, self.out, self.logdir)
+  def record(self, metrics):
+    """Appends a finished stage's row to results.csv and the summary run."""
+    append_result(self.cfg, self.out, metrics, self.logdir)
 
 
 class _StageRun(_Run):
   """A _Run in a worker: it trains stages; the driver alone writes results.csv and the summary
   (workers finishing together would otherwise rewrite them concurrently)."""
 
-  def write_results(self):
+  def record(self, metrics):
     return None
 
 
@@ -640,6 +549,7 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
   order = stage_order(cfg)  # a topological order of dependencies(cfg), trial by trial
   progress = console.StageProgress(len(order), "local")
   with explained(cfg):  # a corrupt file's message names what to delete
+    sync_results(cfg, output_dir)  # every stage already finished, then appended to
     for trial in range(cfg.trials):
       rewinder = run_.rewinder(trial)
       stages = [s for s in order if s[1] == trial]
@@ -649,12 +559,8 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
         progress.finished(trained, metrics.get("seconds", 0.0))
         progress.line()
         if metrics["diverged"] and on_divergence == "stop":
-          raise DivergedError(
-              f"[{arm} trial {trial} round {r}] diverged (NaN/inf loss), recorded in "
-              f"{output_dir}/results.csv; lower --learning_rate, or pass "
-              f"--on_divergence=continue to go on")
-        if metrics["diverged"] and arm == "ticket":
-          logging.warning("trial %d ends at round %d: its ticket diverged", trial, r)
+          raise diverged_error((arm, trial, r), output_dir)
+        if after_stage((arm, trial, r), metrics):
           progress.total -= len(stages) - i - 1
           break
-  return run_.write_results()
+    return write_results(cfg, output_dir, logdir)

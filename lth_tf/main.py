@@ -22,8 +22,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, f"Network to prune: {', '.join(architectures.ARCHITECTURES)}.")
 flags.DEFINE_string("dataset", None, f"Dataset: {', '.join(data.SHAPES)} (default: the "
                     "model's paper dataset: mnist for lenet300_100, cifar10 for the others).")
-flags.DEFINE_integer("rounds", 10, "Pruning rounds after the dense round 0; --rounds=10 trains "
-                     "11 networks per arm and trial.")
+flags.DEFINE_integer("rounds", config.DEFAULTS["rounds"], "Pruning rounds after the dense "
+                     "round 0; --rounds=10 trains 11 networks per arm and trial.")
 flags.DEFINE_integer("iterations", None, "Training iterations per round (default: the paper's).")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the paper's: 60; 128 for "
                      "vgg19/resnet20).")
@@ -42,7 +42,8 @@ flags.DEFINE_float("lr_drop_factor", 0.1, "Factor applied at each of --lr_drops.
 flags.DEFINE_float("weight_decay", None, "L2 weight decay on conv and dense kernels, added to "
                    "their gradients as weight_decay·W (default: the paper's: 1e-4 for vgg19 "
                    "and resnet20, else 0).")
-flags.DEFINE_integer("eval_every", 100, "Evaluate the validation set every this many iterations.")
+flags.DEFINE_integer("eval_every", config.DEFAULTS["eval_every"], "Evaluate the validation "
+                     "set every this many iterations.")
 flags.DEFINE_float("prune_rate_conv", None, "Fraction of surviving conv weights pruned per round.")
 flags.DEFINE_float("prune_rate_fc", None, "Fraction of surviving fc weights pruned per round.")
 flags.DEFINE_float("prune_rate_output", None, "Output layer rate (default: half the fc rate; "
@@ -134,35 +135,26 @@ def resolved_flags(unset=()):
   if FLAGS.model is None:
     raise UserError(f"--model is required; pass one of {', '.join(architectures.ARCHITECTURES)}"
                     f" (or --flagfile=flags/smoke.cfg for a two-minute example)")
-  if FLAGS.model not in config.PAPER:
-    raise UserError(f"--model={FLAGS.model} is not a model; pass one of "
+  return resolve({name: FLAGS[name].default if name in unset else FLAGS[name].value
+                  for name in RESULT_FLAGS})
+
+
+def resolve(values):
+  """RESULT_FLAGS values ({name: flag value}, None where the default depends on the model)
+  with every default filled in: the paper's (config.with_paper_defaults, which lth_tf.Config
+  shares), --threads=0 as the cores, --xla off under a --strategy. lth_tf.run resolves its
+  runtime settings here too, so its flags.cfg is the command line's."""
+  if values["model"] not in config.PAPER:
+    raise UserError(f"--model={values['model']} is not a model; pass one of "
                     f"{', '.join(architectures.ARCHITECTURES)}")
-  paper = config.PAPER[FLAGS.model]
-  values = {name: FLAGS[name].default if name in unset else FLAGS[name].value
-            for name in RESULT_FLAGS}
-  for name in ("dataset", "iterations", "batch_size", "learning_rate", "prune_rate_conv",
-               "prune_rate_fc", "pruning", "initializer", "optimizer", "warmup_iterations",
-               "weight_decay"):
-    if values[name] is None:
-      values[name] = paper[name]
-  if values["lr_drops"] is None:
-    values["lr_drops"] = [str(d) for d in paper["lr_drops"]]
+  values = config.with_paper_defaults(values)
   try:
     values["lr_drops"] = [str(int(d)) for d in values["lr_drops"] if d]
   except ValueError:
     raise UserError(f"--lr_drops={','.join(values['lr_drops'])} is not a list of iterations; "
                     f"pass e.g. --lr_drops=32000,48000") from None
-  if values["pruning"] == "imp":
-    values["pruning"] = "layerwise"
-  if values["prune_rate"] is None:
-    values["prune_rate"] = values["prune_rate_fc"]
-  if values["prune_rate_output"] is None:
-    values["prune_rate_output"] = config.paper_output_rate(values["model"],
-                                                          values["prune_rate_fc"])
   if values["threads"] == 0:
     values["threads"] = os.cpu_count() or 1
-  if values["xla"] is None:
-    values["xla"] = paper["xla"]
   if values["strategy"] != "default":  # see lth_tf.distribute: XLA can't compile TF-MOT there
     values["xla"] = False
   values["controls"] = [c for c in values["controls"] if c]
@@ -176,20 +168,33 @@ def config_from(values):
   return config.Config(**fields)
 
 
-def flagfile_text(values, output_dir):
+def flagfile_text(values, output_dir, locations=None):
+  """flags.cfg: the resolved RESULT_FLAGS ``values``, --output_dir, then ``locations``
+  ({name: value}; default: --data_dir, --manual_dir and --checkpoint_every from FLAGS), those
+  that are not None."""
+  if locations is None:
+    locations = {name: FLAGS[name].value for name in ("data_dir", "manual_dir",
+                                                       "checkpoint_every")}
   lines = [f"--{k}={','.join(v) if isinstance(v, list) else v}" for k, v in values.items()]
   lines.append(f"--output_dir={output_dir}")
-  for name in ("data_dir", "manual_dir", "checkpoint_every"):
-    if FLAGS[name].value is not None:
-      lines.append(f"--{name}={FLAGS[name].value}")
+  lines += [f"--{name}={value}" for name, value in locations.items() if value is not None]
   return "\n".join(lines) + "\n"
 
 
-def check_output_dir(output_dir, values, text):
-  """Refuses (or with --overwrite, clears) an output dir holding a different experiment."""
+def check_output_dir(output_dir, values, text, overwrite=None, resolved_then=None):
+  """Refuses (or with --overwrite, clears) an output dir holding a different experiment.
+
+  ``overwrite``: default --overwrite. ``resolved_then(missing)``: the resolved values with the
+  flags named in ``missing`` at their defaults (what an older flags.cfg that lacks them ran
+  with); default resolved_flags(unset=missing), from FLAGS.
+  """
   from lth_tf import artifacts
   import tensorflow as tf
 
+  if overwrite is None:
+    overwrite = FLAGS.overwrite
+  if resolved_then is None:
+    resolved_then = lambda missing: resolved_flags(unset=missing)  # noqa: E731
   path = f"{output_dir}/flags.cfg"
   if artifacts.exists(path):
     old = artifacts.read_flagfile(path)
@@ -198,10 +203,10 @@ def check_output_dir(output_dir, values, text):
     # resolved as today (--prune_rate's default is --prune_rate_fc's value).
     missing = [k for k in RESULT_FLAGS if k not in old]
     if missing:
-      then = artifacts.parse_flagfile(flagfile_text(resolved_flags(unset=missing), output_dir))
+      then = artifacts.parse_flagfile(flagfile_text(resolved_then(missing), output_dir, {}))
       old = {**then, **old}
     differ = [k for k in RESULT_FLAGS if k not in EXTENSIBLE_FLAGS and old.get(k) != new.get(k)]
-    if differ and not FLAGS.overwrite:
+    if differ and not overwrite:
       shown = ", ".join(f"--{k}={old.get(k)} (now {new.get(k)})" for k in differ)
       raise UserError(f"--output_dir={output_dir} holds an experiment with different flags: "
                       f"{shown}; use another --output_dir, or --overwrite to delete it")

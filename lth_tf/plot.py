@@ -18,11 +18,12 @@ from matplotlib import ticker
 from matplotlib.figure import Figure  # no pyplot: no global figure state, Agg canvas
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import artifacts, experiment
+from lth_tf import artifacts, layout
+from lth_tf.arms import registry as arm_registry
+from lth_tf.methods import registry as method_registry
 
-ARM_LABELS = {"ticket": "winning ticket", "reinit": "random reinit",
-              "random_prune": "random pruning", "sign_constant": "signs, constant magnitude"}
-ARM_COLORS = {"ticket": "C0", "reinit": "C1", "random_prune": "C2", "sign_constant": "C3"}
+ARM_LABELS = {name: arm.label for name, arm in arm_registry.ARMS.items()}
+ARM_COLORS = {name: arm.color for name, arm in arm_registry.ARMS.items()}
 CURVE_TARGETS = (100.0, 51.3, 21.1, 7.0)  # % remaining shown in the paper's Figure 3
 METRICS = {  # figure name: (results.csv column, scale, y label)
     "early_stop_iteration": ("early_stop_iteration", 1.0, "Early-stop iteration"),
@@ -137,7 +138,7 @@ def plot_metric(ax, rows, metric, scale, ylabel):
 
 def load_metrics(output_dir, arm, trial, round_):
   """A stage's metrics.json, or None if that stage has not finished."""
-  path = f"{experiment.stage_dir(output_dir, arm, trial, round_)}/metrics.json"
+  path = f"{layout.stage_dir(output_dir, arm, trial, round_)}/metrics.json"
   try:
     return artifacts.read_json(path) if artifacts.exists(path) else None
   except artifacts.CorruptFileError as e:
@@ -147,6 +148,7 @@ def load_metrics(output_dir, arm, trial, round_):
 def explained(error, output_dir):
   """A corrupt stage file's error with the fix that knows the experiment (which finished
   stages were built on that stage), when flags.cfg says what the experiment is."""
+  from lth_tf import experiment
   from lth_tf.study import common
   try:
     cfg = common.config_from_flags(read_flags(output_dir))
@@ -284,7 +286,7 @@ def compare_label(output_dir):
   """A line's name in a comparison: the experiment's method, and its folder."""
   run_flags = read_flags(output_dir)
   method = run_flags.get("pruning", "layerwise")
-  method = {"layerwise": "IMP", "global": "IMP (global)"}.get(method, method)
+  method = method_registry.METHODS[method].label if method in method_registry.METHODS else method
   if run_flags.get("one_shot") == "True":
     method += " one-shot"
   return f"{method} ({output_dir.rstrip('/').rsplit('/', 1)[-1]})"

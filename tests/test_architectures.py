@@ -18,19 +18,19 @@ def test_kernel_shapes_without_tensorflow_equal_the_built_models(name, dataset):
   assert architectures.kernel_shapes(name, data.SHAPES[dataset]) == built
 
 
-def _cfg(**kw):
-  return config.Config(**dict(dict(model="lenet300_100", dataset="fashion_mnist", rounds=3,
-                                   iterations=100, batch_size=60, learning_rate=1e-3,
-                                   eval_every=100, prune_rate_conv=0.1, prune_rate_fc=0.2,
-                                   prune_rate_output=0.1), **kw))
+# conftest's tiny_config with these overrides: 3 rounds of LeNet-300-100 on Fashion-MNIST at
+# the paper's rates (Config's defaults for the controls and the seed)
+PAPER_RATES = dict(dataset="fashion_mnist", iterations=100, batch_size=60, learning_rate=1e-3,
+                   eval_every=100, prune_rate_conv=0.1, prune_rate_fc=0.2, prune_rate_output=0.1,
+                   controls=("reinit",), seed=0)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(pruning="global", prune_rate=0.35),
                                 dict(pruning="global", prune_rate=0.35, global_output_layer=True),
                                 dict(model="conv2", pruning="snip")])
-def test_the_loop_prunes_to_the_targets_the_checks_reason_about(kw):
+def test_the_loop_prunes_to_the_targets_the_checks_reason_about(kw, tiny_config):
   """experiment.round_targets (from the built model) and the checks (from shapes) agree."""
-  cfg = _cfg(**kw)
+  cfg = tiny_config(**{**PAPER_RATES, **kw})
   model = ticket.wrap(models.build(cfg.model, data.SHAPES[cfg.dataset]))
   shapes = cfg.kernel_shapes()
   sizes = {n: math.prod(s) for n, (s, _) in shapes.items()}
@@ -39,11 +39,11 @@ def test_the_loop_prunes_to_the_targets_the_checks_reason_about(kw):
     assert experiment.round_targets(cfg, model, r) == config.targets(cfg, sizes, kinds, r)
 
 
-def test_last_round_is_the_last_at_which_every_group_keeps_a_weight():
+def test_last_round_is_the_last_at_which_every_group_keeps_a_weight(tiny_config):
   for kw in (dict(), dict(prune_rate_fc=0.5, prune_rate_output=0.25),
              dict(model="conv6", dataset="cifar10", prune_rate_conv=0.15),
              dict(pruning="global", prune_rate=0.6)):
-    cfg = _cfg(**kw)
+    cfg = tiny_config(**{**PAPER_RATES, **kw})
     last = cfg.last_round()
     names, size, rate = cfg.first_to_empty()
     assert round(size * (1 - rate) ** last) >= 1 and round(size * (1 - rate) ** (last + 1)) == 0
@@ -51,4 +51,5 @@ def test_last_round_is_the_last_at_which_every_group_keeps_a_weight():
     config.Config(**dict(cfg.__dict__, rounds=last)).validate()
     with pytest.raises(config.ConfigError, match=f"--rounds={last} or fewer"):
       config.Config(**dict(cfg.__dict__, rounds=last + 1)).validate()
-  assert _cfg(prune_rate_fc=0.0, prune_rate_output=0.0).last_round() == math.inf
+  no_dense = tiny_config(**{**PAPER_RATES, "prune_rate_fc": 0.0, "prune_rate_output": 0.0})
+  assert no_dense.last_round() == math.inf

@@ -18,20 +18,13 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from conftest import REPO, TINY_ARGS
+from conftest import REPO, TINY_ARGS, flags_text
 from lth_tf import artifacts, experiment, masks, plot, training
 from lth_tf.study import common, properties
 
 CFG = experiment.Config(model="lenet300_100", dataset="mnist", rounds=1, iterations=40,
                         batch_size=30, learning_rate=1.2e-3, eval_every=20, prune_rate_conv=0.0,
                         prune_rate_fc=0.5, prune_rate_output=0.25, controls=("reinit",), seed=3)
-
-
-def flags_text(cfg, output_dir):
-  """flags.cfg as lth_tf.main writes it, for the Config's fields."""
-  lines = [f"--{f.name}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-           for f in dataclasses.fields(cfg) for v in [getattr(cfg, f.name)]]
-  return "\n".join(lines + [f"--output_dir={output_dir}"]) + "\n"
 
 
 @pytest.fixture(scope="module")

@@ -3,43 +3,8 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from conftest import accuracy, memorising_splits, u_shaped, weights_recorder
-from lth_tf import artifacts, environment, experiment, masks, pruning, ticket
-
-
-class StageRecorder(keras.callbacks.Callback):
-  """Records each stage's weights and masks at the start and the masks at the end."""
-
-  def __init__(self):
-    super().__init__()
-    self.starts, self.end_masks = [], []
-
-  def on_train_begin(self, logs=None):
-    self.starts.append((ticket.get_weights(self.model), ticket.get_masks(self.model)))
-
-  def on_train_end(self, logs=None):
-    self.end_masks.append(ticket.get_masks(self.model))
-
-
-def _cfg(**kw):
-  fields = dict(model="lenet300_100", dataset="mnist", rounds=3, iterations=120, batch_size=30,
-                learning_rate=1.2e-3, eval_every=40, prune_rate_conv=0.0, prune_rate_fc=0.5,
-                prune_rate_output=0.25, controls=("reinit", "random_prune"), trials=1, seed=3)
-  fields.update(kw)
-  return experiment.Config(**fields)
-
-
-class StageAndFinalRecorder(StageRecorder):
-  """Also records each stage's final trained weights (kernels ⊙ mask), as training ends."""
-
-  def __init__(self):
-    super().__init__()
-    self.finals = []
-
-  def on_train_end(self, logs=None):
-    super().on_train_end(logs)
-    weights, mask = ticket.get_weights(self.model), ticket.get_masks(self.model)
-    self.finals.append({n: [ws[0] * mask[n], *ws[1:]] for n, ws in weights.items()})
+from conftest import accuracy, load_mask, u_shaped
+from lth_tf import artifacts, environment, experiment, masks, pruning
 
 
 def perturbed_theta0(cfg, out, shape, scale=0.05, seed=7):
@@ -56,19 +21,15 @@ def perturbed_theta0(cfg, out, shape, scale=0.05, seed=7):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, splits):
+def finished(tmp_path_factory, splits, tiny_config, stage_recorder):
   """Three rounds with both controls, from a θ0 with nonzero biases, with the output layer's
   rate resolved as lth_tf.main resolves its default (half the fc rate)."""
   out = str(tmp_path_factory.mktemp("exp"))
-  cfg = _cfg(prune_rate_output=experiment.paper_output_rate("lenet300_100", 0.5))
+  cfg = tiny_config(prune_rate_output=experiment.paper_output_rate("lenet300_100", 0.5))
   perturbed_theta0(cfg, out, splits.train_x.shape[1:])
-  recorder = StageAndFinalRecorder()
+  recorder = stage_recorder(finals=True)
   rows = experiment.run(cfg, out, splits, callbacks=[recorder])
   return cfg, out, rows, recorder
-
-
-def _load_mask(out, arm, r):
-  return masks.from_bytes(artifacts.read_bytes(f"{experiment.stage_dir(out, arm, 0, r)}/masks.npz"))
 
 
 def test_every_stage_writes_its_files_and_a_row(finished):
@@ -111,7 +72,7 @@ def test_masks_nest_and_sparsity_follows_one_minus_p_to_the_r(finished):
   sizes = {"fc1": 784 * 300, "fc2": 300 * 100, "output": 100 * 10}
   rates = {"fc1": 0.5, "fc2": 0.5, "output": 0.25}
   for r in range(cfg.rounds + 1):
-    mask = _load_mask(out, "ticket", r)
+    mask = load_mask(out, "ticket", r)
     assert {n: int(m.sum()) for n, m in mask.items()} == pruning.keep_counts(sizes, rates, r)
     if prev is not None:
       assert masks.is_subset(mask, prev)
@@ -129,7 +90,7 @@ def test_ticket_starts_each_round_exactly_at_theta0_times_mask(finished):
   for (arm, _, r), (weights, mask) in zip(stages, recorder.starts):
     if arm != "ticket":
       continue
-    np.testing.assert_array_equal(mask["fc1"], _load_mask(out, "ticket", r)["fc1"])
+    np.testing.assert_array_equal(mask["fc1"], load_mask(out, "ticket", r)["fc1"])
     for name in theta0:
       np.testing.assert_array_equal(weights[name][0], theta0[name][0] * mask[name])
       np.testing.assert_array_equal(weights[name][1], theta0[name][1])
@@ -197,9 +158,9 @@ def test_early_stop_is_argmin_of_logged_validation_loss(finished):
     assert 0.0 <= row["early_stop_test_accuracy"] <= 1.0
 
 
-def test_rerun_skips_finished_stages(finished, splits):
+def test_rerun_skips_finished_stages(finished, splits, stage_recorder):
   cfg, out, rows, _ = finished
-  recorder = StageRecorder()
+  recorder = stage_recorder()
   again = experiment.run(cfg, out, splits, callbacks=[recorder])
   assert recorder.starts == []
   assert again == rows
@@ -208,28 +169,6 @@ def test_rerun_skips_finished_stages(finished, splits):
 def test_learning_happens(finished):
   _, _, rows, _ = finished
   assert all(r["final_test_accuracy"] > 0.5 for r in rows)  # chance is 0.1
-
-
-def test_config_validation_names_the_flag():
-  with pytest.raises(experiment.ConfigError, match="--prune_rate_fc"):
-    _cfg(prune_rate_fc=1.0).validate()
-  with pytest.raises(experiment.ConfigError, match="--iterations"):
-    _cfg(iterations=10).validate()
-  with pytest.raises(experiment.ConfigError, match="--controls"):
-    _cfg(controls=("bogus",)).validate()
-  with pytest.raises(experiment.ConfigError, match="--rounds"):
-    _cfg(rounds=-1).validate()
-
-
-@pytest.mark.parametrize("model,flat", [("conv2", 14 * 14 * 64), ("conv4", 7 * 7 * 128),
-                                        ("conv6", 3 * 3 * 256)])
-def test_conv_models_fit_28_pixel_images(model, flat):
-  """Conv-2/4/6 on (Fashion-)MNIST: max-pooling floors 7 to 3, as the paper's pools would."""
-  from lth_tf import models
-  _cfg(model=model, dataset="fashion_mnist").validate()
-  net = models.build(model, (28, 28, 1))
-  assert net.get_layer("fc1").kernel.shape == (flat, 256)
-  assert net(np.zeros((2, 28, 28, 1), np.uint8)).shape == (2, 10)
 
 
 def test_seeds_are_pure_functions_of_their_parts():
@@ -257,8 +196,9 @@ class InterruptAt(keras.callbacks.Callback):
       raise Interrupt()
 
 
-def test_interrupted_round_resumes_from_checkpoint_bit_identically(tmp_path, splits):
-  cfg = _cfg(rounds=2, controls=("reinit",), iterations=160)
+def test_interrupted_round_resumes_from_checkpoint_bit_identically(tmp_path, splits, tiny_config,
+                                                                     stage_recorder):
+  cfg = tiny_config(rounds=2, controls=("reinit",), iterations=160)
   whole = experiment.run(cfg, str(tmp_path / "whole"), splits, checkpoint_every=40)
   out = str(tmp_path / "cut")
   # stage 3 is the ticket's round 2; stop it at its 3rd evaluation (iteration 120)
@@ -266,7 +206,7 @@ def test_interrupted_round_resumes_from_checkpoint_bit_identically(tmp_path, spl
     experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[InterruptAt(3, 2)])
   ckpt = f"{experiment.stage_dir(out, 'ticket', 0, 2)}/checkpoint"
   assert artifacts.exists(f"{ckpt}/checkpoint")  # the round left a checkpoint (iteration 80)
-  recorder = StageRecorder()
+  recorder = stage_recorder()
   resumed = experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[recorder])
   assert len(recorder.starts) == 2  # the interrupted ticket round and reinit round 2
   assert resumed == whole  # bit-identical rows, floats compared exactly
@@ -278,8 +218,8 @@ def test_interrupted_round_resumes_from_checkpoint_bit_identically(tmp_path, spl
       np.testing.assert_array_equal(a[n][0], b[n][0])
 
 
-def test_divergence_is_recorded_and_ends_the_trial_or_stops(tmp_path, splits):
-  cfg = _cfg(rounds=2, controls=("reinit",), learning_rate=1e9)
+def test_divergence_is_recorded_and_ends_the_trial_or_stops(tmp_path, splits, tiny_config):
+  cfg = tiny_config(rounds=2, controls=("reinit",), learning_rate=1e9)
   rows = experiment.run(cfg, str(tmp_path / "go"), splits)
   assert rows[0]["arm"] == "ticket" and rows[0]["diverged"] is True
   assert len(rows) == 1  # the ticket diverged at round 0: nothing can be pruned from it
@@ -295,8 +235,8 @@ def test_divergence_is_recorded_and_ends_the_trial_or_stops(tmp_path, splits):
   assert artifacts.exists(f"{tmp_path}/stop/results.csv")  # recorded before stopping
 
 
-def test_corrupt_checkpoint_names_the_file(tmp_path, splits):
-  cfg = _cfg(rounds=0, controls=(), iterations=160)
+def test_corrupt_checkpoint_names_the_file(tmp_path, splits, tiny_config):
+  cfg = tiny_config(rounds=0, controls=(), iterations=160)
   out = str(tmp_path)
   with pytest.raises(Interrupt):
     experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[InterruptAt(0, 2)])
@@ -327,7 +267,7 @@ def test_output_layer_defaults_to_half_the_fc_rate(finished):
   cfg, out, _, _ = finished  # built with that default from --prune_rate_fc=0.5
   assert cfg.prune_rate_output == 0.25
   for r in range(1, cfg.rounds + 1):
-    kept = int(_load_mask(out, "ticket", r)["output"].sum())
+    kept = int(load_mask(out, "ticket", r)["output"].sum())
     assert kept == pruning.keep_count(1000, 0.25, r) != pruning.keep_count(1000, 0.5, r)
 
 
@@ -352,7 +292,7 @@ def test_ticket_keeps_the_largest_magnitudes_of_the_previous_rounds_trained_surv
   for r in range(1, cfg.rounds + 1):
     trained = artifacts.read_weights(
         f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
-    before, mask = _load_mask(out, "ticket", r - 1), _load_mask(out, "ticket", r)
+    before, mask = load_mask(out, "ticket", r - 1), load_mask(out, "ticket", r)
     for n, rate in rates.items():
       w = trained[n][0].ravel()
       survivors = np.flatnonzero(before[n].ravel())
@@ -396,12 +336,12 @@ def test_biases_start_at_theta0_train_and_are_never_masked_or_pruned(finished, s
 
 
 @pytest.fixture(scope="module")
-def memorised(tmp_path_factory):
+def memorised(tmp_path_factory, tiny_config, memorising_splits, weights_recorder):
   """A dense round whose validation loss is U-shaped: minimum at iteration 15 of 80."""
   out = str(tmp_path_factory.mktemp("memorised"))
-  cfg = _cfg(rounds=0, controls=(), iterations=80, eval_every=5, batch_size=20,
-             learning_rate=7e-4)
-  splits = memorising_splits()
+  cfg = tiny_config(rounds=0, controls=(), iterations=80, eval_every=5, batch_size=20,
+                    learning_rate=7e-4)
+  splits = memorising_splits
   recorder = weights_recorder()
   (row,) = experiment.run(cfg, out, splits, callbacks=[recorder])
   return out, splits, row, recorder.trainings[0]

@@ -6,6 +6,10 @@ that do not exist, combinations that cannot work). It runs in-process through th
 and main() as the command line, with the first step after validation (starting TensorFlow)
 replaced by a failure: a value the checks let through fails its case instead of training. A
 few cases also run as real processes.
+
+Below the table: Config.validate, the checks under the flags, names the flag as well; the
+flags' defaults resolve to each paper's settings per model; a flags.cfg written before the
+optimizer flags existed is still accepted.
 """
 import os
 import subprocess
@@ -72,7 +76,7 @@ BAD = {
                           ("nan", ("--executor=ray",)), ("abc", ())],
 }
 # Free-form text checked where it is used, each by a test of its own: an unwritable
-# --output_dir (test_main), an unreachable --ray_address (test_executor), --data_dir and
+# --output_dir (test_main), an unreachable --ray_address (test_ray), --data_dir and
 # --logdir (any folder TensorFlow can write).
 FREE_TEXT = {"output_dir", "data_dir", "logdir", "ray_address"}
 # Boundary values that are valid: accepted, never refused.
@@ -229,3 +233,101 @@ def test_output_rate_defaults_to_half_the_fc_rate_given(model, fc, output):
     assert main.resolved_flags()["prune_rate_output"] == 0.05
   finally:
     main.FLAGS.unparse_flags()
+
+
+# ---- Config.validate, the checks under the flags, names the flag too --------------------------
+
+def test_config_validation_names_the_flag(tiny_config):
+  from lth_tf import experiment
+  # tiny_config validates the Config it builds
+  with pytest.raises(experiment.ConfigError, match="--prune_rate_fc"):
+    tiny_config(prune_rate_fc=1.0)
+  with pytest.raises(experiment.ConfigError, match="--iterations"):
+    tiny_config(iterations=10)
+  with pytest.raises(experiment.ConfigError, match="--controls"):
+    tiny_config(controls=("bogus",))
+  with pytest.raises(experiment.ConfigError, match="--rounds"):
+    tiny_config(rounds=-1)
+
+
+def test_config_rejects_bad_optimizer_settings():
+  from lth_tf import experiment
+  base = dict(model="resnet20", dataset="cifar10", rounds=1, iterations=100, batch_size=8,
+              learning_rate=0.1, eval_every=10, prune_rate_conv=0.2, prune_rate_fc=0.2,
+              prune_rate_output=0.0)
+  bad = {"optimizer": dict(optimizer="rmsprop"), "momentum": dict(momentum=1.0),
+         "warmup_iterations": dict(warmup_iterations=-1), "lr_drops": dict(lr_drops=(48, 32)),
+         "lr_drop_factor": dict(lr_drop_factor=0.0), "weight_decay": dict(weight_decay=-1e-4)}
+  for flag, kw in bad.items():
+    with pytest.raises(experiment.ConfigError, match=f"^--{flag}=") as e:
+      experiment.Config(**base, **kw).validate()
+    assert "\n" not in str(e.value)
+  with pytest.raises(experiment.ConfigError, match="--model=vgg19"):
+    experiment.Config(**{**base, "model": "vgg19", "dataset": "mnist"}).validate()
+  experiment.Config(**base, lr_drops=(500,), warmup_iterations=500).validate()  # past the end: ok
+
+
+# ---- the paper's defaults per model, and the optimizer flags on the command line -------------
+
+NEW_FLAGS = ("optimizer", "momentum", "warmup_iterations", "lr_drops", "lr_drop_factor",
+             "weight_decay")
+
+
+@pytest.fixture
+def parsed_flags():
+  """Parses a command line into lth_tf.main's FLAGS in-process, and unparses it afterwards."""
+  from lth_tf import main
+  def parse(*args):
+    main.FLAGS.unparse_flags()
+    main.FLAGS(["lth_tf", *args])
+    return main
+  yield parse
+  from lth_tf import main
+  main.FLAGS.unparse_flags()
+
+
+def test_paper_defaults_and_older_flags_cfg(parsed_flags, tmp_path):
+  from lth_tf import artifacts
+  main = parsed_flags("--model=resnet20")
+  values = main.resolved_flags()
+  assert {k: values[k] for k in ("dataset", "batch_size", "optimizer", "learning_rate",
+                                 "momentum", "warmup_iterations", "lr_drops", "weight_decay",
+                                 "iterations", "pruning", "prune_rate", "prune_rate_output",
+                                 "initializer")} == dict(
+      dataset="cifar10", batch_size=128, optimizer="sgd", learning_rate=0.1, momentum=0.9,
+      warmup_iterations=0, lr_drops=["32000", "48000"], weight_decay=1e-4, iterations=63000,
+      pruning="global", prune_rate=0.2, prune_rate_output=0.0, initializer="he_normal")
+  assert main.config_from(values).validate().lr_drops == (32000, 48000)
+  assert main.resolved_flags()["warmup_iterations"] == 0
+  assert parsed_flags("--model=vgg19").resolved_flags()["warmup_iterations"] == 10000
+
+  # LeNet keeps the paper's Adam; a flags.cfg written before these flags existed still matches
+  main = parsed_flags("--model=lenet300_100", "--iterations=200")
+  values = main.resolved_flags()
+  assert (values["optimizer"], values["lr_drops"], values["weight_decay"],
+          values["prune_rate_output"], values["pruning"]) == ("adam", [], 0.0, 0.1, "layerwise")
+  out = str(tmp_path / "exp")
+  text = main.flagfile_text(values, out)
+  assert "--optimizer=adam\n" in text and "--lr_drops=\n" in text
+  older = "".join(l + "\n" for l in text.splitlines() if not l.startswith(
+      tuple(f"--{f}=" for f in NEW_FLAGS)))
+  assert len(older.splitlines()) == len(text.splitlines()) - len(NEW_FLAGS)
+  artifacts.write_bytes(f"{out}/flags.cfg", older)
+  main.check_output_dir(out, values, text)  # accepted: the new flags at their defaults
+  assert artifacts.read_bytes(f"{out}/flags.cfg").decode() == text
+  with pytest.raises(main.UserError, match="--weight_decay"):
+    other = parsed_flags("--model=lenet300_100", "--iterations=200", "--weight_decay=1e-4")
+    values = other.resolved_flags()
+    other.check_output_dir(out, values, other.flagfile_text(values, out))
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--model=resnet20", "--optimizer=rmsprop"], "--optimizer"),
+    (["--model=resnet20", "--lr_drops=48000,x"], "--lr_drops"),
+])
+def test_bad_optimizer_flags_give_one_line_naming_the_flag(args, named, tmp_path):
+  proc = run_cli([*args, f"--output_dir={tmp_path}/x"])
+  assert proc.returncode == 2
+  line = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1]
+  assert line.startswith("lth_tf: error: ") and named in line, proc.stderr[-2000:]
+  assert not (tmp_path / "x").exists()

@@ -1,56 +1,20 @@
 """Figures of an experiment folder: the plotted numbers, the files, the command line."""
-import math
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
-from lth_tf import artifacts, experiment, plot
+from conftest import REPO, fake_experiment, fake_row
+from lth_tf import artifacts, plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-REMAINING = {0: 100.0, 1: 80.0, 2: 64.0, 3: 51.2}
-# (arm, trial, round) -> early_stop_iteration; reinit trial 1 round 2 diverges.
-ITERATIONS = {
-    ("ticket", 0, 0): 500, ("ticket", 0, 1): 400, ("ticket", 0, 2): 300, ("ticket", 0, 3): 300,
-    ("ticket", 1, 0): 700, ("ticket", 1, 1): 600, ("ticket", 1, 2): 300, ("ticket", 1, 3): 500,
-    ("reinit", 0, 1): 500, ("reinit", 0, 2): 600, ("reinit", 0, 3): 700,
-    ("reinit", 1, 1): 700, ("reinit", 1, 2): 100, ("reinit", 1, 3): 900,
-}
-DIVERGED = {("reinit", 1, 2)}
-
-
-def fake_row(arm, trial, round_):
-  diverged = (arm, trial, round_) in DIVERGED
-  return dict(arm=arm, trial=trial, round=round_, weights_remaining=REMAINING[round_],
-              early_stop_iteration=ITERATIONS[arm, trial, round_],
-              early_stop_val_loss=math.nan if diverged else 0.3,
-              early_stop_val_accuracy=0.1 if diverged else 0.9 + 0.01 * round_,
-              early_stop_test_accuracy=0.1 if diverged else 0.89 + 0.01 * round_ - 0.01 * trial,
-              final_test_accuracy=0.1 if diverged else 0.88, diverged=diverged,
-              search_iterations=1000 * round_)
-
-
-def fake_experiment(output_dir):
-  """A finished 2-trial, 3-round ticket + reinit experiment, without training anything."""
-  rows = [fake_row(*key) for key in ITERATIONS]
-  artifacts.write_bytes(f"{output_dir}/flags.cfg",
-                        "--model=lenet300_100\n--dataset=mnist\n--trials=2\n")
-  artifacts.write_results(f"{output_dir}/results.csv", rows)
-  for row in rows:
-    curve = [dict(iteration=i, loss=1.0 / i, accuracy=0.5, val_loss=1.0 / i,
-                  val_accuracy=0.8 + i / 1e4, test_loss=1.0 / i, test_accuracy=0.79 + i / 1e4)
-             for i in (100, 200, 300)]
-    layers = {"fc1": 0.8**row["round"], "fc2": 0.8**row["round"], "output": 0.9**row["round"]}
-    artifacts.write_json(
-        f"{experiment.stage_dir(output_dir, row['arm'], row['trial'], row['round'])}/metrics.json",
-        dict(row, layer_weights_remaining=layers, curve=curve))
-  return rows
 
 
 @pytest.fixture
 def experiment_dir(tmp_path):
+  """conftest's made-up finished experiment (2 trials, rounds 0-3, ticket and reinit)."""
   fake_experiment(str(tmp_path))
   return tmp_path
 
@@ -103,9 +67,62 @@ def test_plot_experiment_writes_every_figure_as_png_and_pdf(experiment_dir):
     assert data.startswith(PNG_MAGIC if path.endswith(".png") else b"%PDF")
 
 
+# Imports the modules named on its command line in order, then prints as JSON the flags defined
+# by lth_tf's modules that each import added (or the error that stopped it), and, as a control,
+# the error lth_tf.plot.define_flags() (what `python -m lth_tf.plot` runs) raises next to main.
+IMPORT_IN_ORDER = r"""
+import importlib, json, sys
+from absl import flags
+
+def ours():
+  return {n for n in flags.FLAGS
+          if (flags.FLAGS.find_module_defining_flag(n) or "").startswith("lth_tf")}
+
+added, error = {}, None
+for name in sys.argv[1:]:
+  before = ours()
+  try:
+    importlib.import_module(name)
+  except Exception as e:
+    error = f"importing {name}: {type(e).__name__}: {e}"
+    break
+  added[name] = sorted(ours() - before)
+control = None
+if error is None:
+  from lth_tf import plot
+  try:
+    plot.define_flags()
+  except flags.DuplicateFlagError as e:
+    control = str(e)
+print(json.dumps(dict(added=added, error=error, control=control)))
+"""
+
+
+def command_line_modules():
+  """Every module of lth_tf that runs as a command (calls app.run), lth_tf.main first."""
+  package = REPO / "lth_tf"
+  names = sorted(".".join(p.relative_to(REPO).with_suffix("").parts)
+                 for p in package.rglob("*.py") if "app.run(" in p.read_text())
+  return ["lth_tf.main", *[n for n in names if n != "lth_tf.main"]]
+
+
 def test_importing_plot_next_to_main_defines_no_clashing_flags():
-  import lth_tf.main  # noqa: F401  (defines --output_dir too)
-  assert plot.plot_experiment  # lth_tf.plot defines its flags only when run as a command
+  """lth_tf.plot, and every other command of lth_tf, defines its flags (--output_dir among
+  them, as main's) only when run as a command: imported next to lth_tf.main, in a fresh process
+  (in this one main may be imported already, and an import is then a no-op), it raises no
+  DuplicateFlagError and defines no flag. The control shows the process would tell: the flags
+  plot defines as a command clash with main's there."""
+  modules = command_line_modules()
+  assert {"lth_tf.plot", "lth_tf.report", "lth_tf.export", "lth_tf.study.__main__"} <= set(modules)
+  proc = subprocess.run([sys.executable, "-c", IMPORT_IN_ORDER, *modules], cwd=REPO,
+                        env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert got["error"] is None, got["error"]
+  assert "output_dir" in got["added"]["lth_tf.main"]
+  assert {m: names for m, names in got["added"].items() if names and m != "lth_tf.main"} == {}
+  assert got["control"] and "output_dir" in got["control"], got["control"]
 
 
 def run_plot_cli(*args):

@@ -1,10 +1,9 @@
 """The results tables: mean ± std over trials, dense round shared, diverged runs counted."""
-from test_plot import ITERATIONS, fake_row
 from lth_tf import report
 
 
-def test_table_means_and_diverged_counts():
-  rows = [fake_row(*key) for key in ITERATIONS]
+def test_table_means_and_diverged_counts(fake_rows):
+  rows = fake_rows
   lines = report.table(rows, trials=2).splitlines()
   assert lines[0].startswith("| round | % weights remaining | ticket: early-stop iteration")
   dense = lines[2].split(" | ")
@@ -54,15 +53,14 @@ def test_compare_table_puts_experiments_side_by_side():
   assert lines[4].split(" | ")[1:] == ["–", "–", "–", "–", "–", "700 (n=1)", "87.00 |"]
 
 
-def test_report_cli_compare(tmp_path):
+def test_report_cli_compare(tmp_path, fake_rows):
   import os
   import subprocess
   import sys
   from conftest import REPO
   from lth_tf import artifacts
   for name in ("a", "b"):
-    artifacts.write_results(str(tmp_path / name / "results.csv"),
-                            [fake_row(*key) for key in ITERATIONS])
+    artifacts.write_results(str(tmp_path / name / "results.csv"), fake_rows)
   run = lambda *args: subprocess.run([sys.executable, "-m", "lth_tf.report", *args], cwd=REPO,
                                      env=dict(os.environ, PYTHONPATH=str(REPO)),
                                      capture_output=True, text=True, timeout=300)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from test_experiment import StageRecorder, _cfg, _load_mask
+from conftest import load_mask
 from lth_tf import artifacts, experiment, masks, models, pruning, ticket
 
 
@@ -20,21 +20,26 @@ class WeightsAt(keras.callbacks.Callback):
       self.weights = ticket.get_weights(self.model)
 
 
-def _run(tmp_path, splits, **kw):
-  cfg = _cfg(**{"rounds": 2, "controls": ("reinit", "random_prune"), **kw})
-  out = str(tmp_path)
-  recorder = StageRecorder()
-  rows = experiment.run(cfg, out, splits, callbacks=[recorder])
-  return cfg, out, rows, dict(zip(cfg.stages(), recorder.starts))
+@pytest.fixture
+def run_scheme(tmp_path, splits, tiny_config, stage_recorder):
+  """``run_scheme(**overrides)``: runs a tiny experiment (2 rounds, both controls unless
+  overridden) in tmp_path; returns (cfg, output dir, rows, {stage: (start weights, masks)})."""
+  def run(**kw):
+    cfg = tiny_config(**{"rounds": 2, "controls": ("reinit", "random_prune"), **kw})
+    out = str(tmp_path)
+    recorder = stage_recorder()
+    rows = experiment.run(cfg, out, splits, callbacks=[recorder])
+    return cfg, out, rows, dict(zip(cfg.stages(), recorder.starts))
+  return run
 
 
-def test_global_pruning_uses_one_threshold_and_keeps_output_rate(tmp_path, splits):
-  cfg, out, rows, _ = _run(tmp_path, splits, pruning="global", prune_rate=0.5)
+def test_global_pruning_uses_one_threshold_and_keeps_output_rate(run_scheme):
+  cfg, out, rows, _ = run_scheme(pruning="global", prune_rate=0.5)
   sizes = {"fc1": 784 * 300, "fc2": 300 * 100, "output": 1000}
   for r in (1, 2):
-    mask = _load_mask(out, "ticket", r)
+    mask = load_mask(out, "ticket", r)
     prev = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
-    prev_mask = _load_mask(out, "ticket", r - 1)
+    prev_mask = load_mask(out, "ticket", r - 1)
     assert mask["fc1"].sum() + mask["fc2"].sum() == pruning.keep_count(sizes["fc1"] + sizes["fc2"], 0.5, r)
     assert mask["output"].sum() == pruning.keep_count(1000, 0.25, r)
     kept = np.concatenate([np.abs(prev[n][0][mask[n] > 0]) for n in ("fc1", "fc2")])
@@ -44,24 +49,24 @@ def test_global_pruning_uses_one_threshold_and_keeps_output_rate(tmp_path, split
   # the layers end at different sparsities: a global, not per-layer, threshold
   assert abs(mask["fc1"].mean() - mask["fc2"].mean()) > 0.01
   # random pruning matches the ticket's per-layer counts
-  rp = _load_mask(out, "random_prune", 2)
+  rp = load_mask(out, "random_prune", 2)
   assert masks.counts(rp) == masks.counts(mask)
 
 
-def test_global_pruning_prunes_at_its_own_rate_under_one_threshold(tmp_path, splits):
+def test_global_pruning_prunes_at_its_own_rate_under_one_threshold(run_scheme):
   """--prune_rate differs from --prune_rate_fc here (0.35 vs 0.2), so pooling at the fc rate,
   or pruning each layer at 0.35, gives other masks: the pooled layers keep exactly the K
   largest |w| of all their previous survivors, K at 0.35; the output layer keeps its default
   rate, half the fc rate."""
   fc = 0.2
-  _, out, _, _ = _run(tmp_path, splits, pruning="global", prune_rate=0.35, prune_rate_fc=fc,
-                      prune_rate_output=experiment.paper_output_rate("lenet300_100", fc),
-                      controls=())
+  _, out, _, _ = run_scheme(pruning="global", prune_rate=0.35, prune_rate_fc=fc,
+                            prune_rate_output=experiment.paper_output_rate("lenet300_100", fc),
+                            controls=())
   sizes = {"fc1": 784 * 300, "fc2": 300 * 100}
   for r in (1, 2):
-    mask = _load_mask(out, "ticket", r)
+    mask = load_mask(out, "ticket", r)
     prev = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
-    prev_mask = _load_mask(out, "ticket", r - 1)
+    prev_mask = load_mask(out, "ticket", r - 1)
     pooled = int(mask["fc1"].sum() + mask["fc2"].sum())
     assert pooled == pruning.keep_count(sum(sizes.values()), 0.35, r)
     assert pooled != pruning.keep_count(sum(sizes.values()), fc, r)
@@ -83,20 +88,20 @@ def test_global_pruning_prunes_at_its_own_rate_under_one_threshold(tmp_path, spl
               != tuple(pruning.keep_count(sizes[n], rate, r) for n in sizes))
 
 
-def test_global_output_layer_pools_the_output(tmp_path, splits):
-  _, out, _, _ = _run(tmp_path, splits, pruning="global", prune_rate=0.5,
-                      global_output_layer=True, controls=())
-  mask = _load_mask(out, "ticket", 1)
+def test_global_output_layer_pools_the_output(run_scheme):
+  _, out, _, _ = run_scheme(pruning="global", prune_rate=0.5, global_output_layer=True,
+                            controls=())
+  mask = load_mask(out, "ticket", 1)
   assert sum(m.sum() for m in mask.values()) == pruning.keep_count(784 * 300 + 300 * 100 + 1000, 0.5, 1)
 
 
-def test_one_shot_prunes_the_dense_network_to_each_rounds_sparsity(tmp_path, splits):
-  cfg, out, rows, _ = _run(tmp_path, splits, one_shot=True, controls=())
+def test_one_shot_prunes_the_dense_network_to_each_rounds_sparsity(run_scheme):
+  cfg, out, rows, _ = run_scheme(one_shot=True, controls=())
   dense = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, 0)}/weights.npz")
   sizes = {"fc1": 784 * 300, "fc2": 300 * 100, "output": 1000}
   rates = {"fc1": 0.5, "fc2": 0.5, "output": 0.25}
   for r in (1, 2):
-    mask = _load_mask(out, "ticket", r)
+    mask = load_mask(out, "ticket", r)
     expected = pruning.prune("magnitude", {n: dense[n][0] for n in sizes},
                              masks.ones_like({n: dense[n][0] for n in sizes}),
                              pruning.layerwise_targets(sizes, rates, r))
@@ -105,11 +110,12 @@ def test_one_shot_prunes_the_dense_network_to_each_rounds_sparsity(tmp_path, spl
     assert {n: int(m.sum()) for n, m in mask.items()} == pruning.keep_counts(sizes, rates, r)
 
 
-def test_late_resetting_restores_exactly_theta_k(tmp_path, splits):
+def test_late_resetting_restores_exactly_theta_k(tmp_path, splits, tiny_config, stage_recorder):
   at_k = WeightsAt(80)
-  cfg = _cfg(rounds=2, controls=("random_prune",), rewind="iteration", rewind_iteration=80)
+  cfg = tiny_config(rounds=2, controls=("random_prune",), rewind="iteration",
+                    rewind_iteration=80)
   out = str(tmp_path)
-  recorder = StageRecorder()
+  recorder = stage_recorder()
   experiment.run(cfg, out, splits, callbacks=[recorder, at_k])
   starts = dict(zip(cfg.stages(), recorder.starts))
   theta_k = artifacts.read_weights(experiment.rewind_path(out, 0, 80))
@@ -127,8 +133,8 @@ def test_late_resetting_restores_exactly_theta_k(tmp_path, splits):
   np.testing.assert_array_equal(starts[("ticket", 0, 0)][0]["fc1"][0], theta0["fc1"][0])
 
 
-def test_rewind_none_fine_tunes_the_previous_round(tmp_path, splits):
-  cfg, out, _, starts = _run(tmp_path, splits, rewind="none", controls=())
+def test_rewind_none_fine_tunes_the_previous_round(run_scheme):
+  cfg, out, _, starts = run_scheme(rewind="none", controls=())
   for r in (1, 2):
     prev = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
     weights, mask = starts[("ticket", 0, r)]
@@ -157,9 +163,8 @@ def test_every_initializer_is_used(name):
     np.testing.assert_allclose(kernel.T @ kernel, np.eye(300), atol=1e-4)
 
 
-def test_reinit_control_draws_from_the_chosen_initializer(tmp_path, splits):
-  cfg, out, _, starts = _run(tmp_path, splits, initializer="he_uniform", controls=("reinit",),
-                             rounds=1)
+def test_reinit_control_draws_from_the_chosen_initializer(run_scheme):
+  cfg, out, _, starts = run_scheme(initializer="he_uniform", controls=("reinit",), rounds=1)
   theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
   weights, mask = starts[("reinit", 0, 1)]
   kept = weights["fc1"][0][mask["fc1"] > 0]
@@ -168,8 +173,8 @@ def test_reinit_control_draws_from_the_chosen_initializer(tmp_path, splits):
   assert abs(theta0["fc1"][0].std() / np.sqrt(2 / 784) - 1) < 0.03  # θ0 too
 
 
-def test_sign_constant_control_keeps_signs_with_one_magnitude(tmp_path, splits):
-  cfg, out, _, starts = _run(tmp_path, splits, controls=("sign_constant",), rounds=1)
+def test_sign_constant_control_keeps_signs_with_one_magnitude(run_scheme):
+  cfg, out, _, starts = run_scheme(controls=("sign_constant",), rounds=1)
   theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
   weights, mask = starts[("sign_constant", 0, 1)]
   np.testing.assert_array_equal(mask["fc1"], starts[("ticket", 0, 1)][1]["fc1"])
@@ -180,8 +185,8 @@ def test_sign_constant_control_keeps_signs_with_one_magnitude(tmp_path, splits):
     assert np.all(weights[n][0][~kept] == 0)
 
 
-def test_same_init_shares_theta0_but_not_data_order(tmp_path, splits):
-  cfg = _cfg(rounds=0, controls=(), trials=2, same_init=True)
+def test_same_init_shares_theta0_but_not_data_order(tmp_path, splits, tiny_config):
+  cfg = tiny_config(rounds=0, controls=(), trials=2, same_init=True)
   out = str(tmp_path)
   experiment.run(cfg, out, splits)
   a = artifacts.read_weights(experiment.theta0_path(out, 0))

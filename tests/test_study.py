@@ -8,29 +8,21 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
-from test_experiment import StageRecorder, _cfg
+from conftest import REPO, flags_text
 from lth_tf import artifacts, experiment, masks, models, ticket
 from lth_tf.study import common, consistency, properties
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def flags_text(cfg, output_dir, **extra):
-  """flags.cfg as lth_tf.main writes it (experiment.run alone does not write one)."""
-  values = dict(dataclasses.asdict(cfg), xla=True, output_dir=output_dir, **extra)
-  return "".join(f"--{k}={','.join(v) if isinstance(v, tuple) else v}\n"
-                 for k, v in values.items())
-
-
 @pytest.fixture(scope="module")
-def study_exp(tmp_path_factory, splits):
+def study_exp(tmp_path_factory, splits, tiny_config, stage_recorder):
   """2 trials × rounds 0-2, both controls, recording every stage's start weights."""
   out = str(tmp_path_factory.mktemp("study") / "exp")
-  cfg = _cfg(trials=2, rounds=2, iterations=40, eval_every=40)
-  recorder = StageRecorder()
+  cfg = tiny_config(trials=2, rounds=2, iterations=40, eval_every=40)
+  recorder = stage_recorder()
   experiment.run(cfg, out, splits, callbacks=[recorder])
-  artifacts.write_bytes(f"{out}/flags.cfg", flags_text(cfg, out))
+  artifacts.write_bytes(f"{out}/flags.cfg", flags_text(cfg, out, xla=True))
   return cfg, out, dict(zip(cfg.stages(), recorder.starts))
 
 
@@ -75,7 +67,7 @@ def test_consistency_writes_rows_per_round_pair_and_layer_and_figures(study_exp,
   same = str(tmp_path / "same")  # a copy labelled --same_init=True: only the label differs
   shutil.copytree(out, same)
   artifacts.write_bytes(f"{same}/flags.cfg", flags_text(dataclasses.replace(cfg, same_init=True),
-                                                        same))
+                                                        same, xla=True))
   paths = consistency.run([same, out])
   for d, label in ((same, "same θ0"), (out, "different θ0")):
     rows = common.read_csv(f"{d}/study_consistency.csv")

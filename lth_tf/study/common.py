@@ -12,7 +12,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from lth_tf import artifacts, experiment, study
+from lth_tf import artifacts, config, experiment, study
 
 
 class StudyError(Exception):
@@ -24,23 +24,10 @@ def parse_bool(text):
 
 
 def config_from_flags(values):
-  """flags.cfg values ({name: string}) -> experiment.Config; missing flags take defaults."""
-  fields = {}
-  for f in dataclasses.fields(experiment.Config):
-    if f.name not in values:
-      if f.default is dataclasses.MISSING:
-        raise KeyError(f.name)
-      continue
-    text = values[f.name]
-    if f.type is bool:
-      fields[f.name] = parse_bool(text)
-    elif f.name == "lr_drops":
-      fields[f.name] = tuple(int(c) for c in text.split(",") if c)
-    elif f.type is tuple:
-      fields[f.name] = tuple(c for c in text.split(",") if c)
-    else:
-      fields[f.name] = f.type(text)
-  return experiment.Config(**fields)
+  """flags.cfg values ({name: string}) -> its Config, resolved as lth_tf.main resolves them
+  (a flag missing from an older flags.cfg takes the default it had). ConfigError for values
+  that are not an experiment's; TypeError without --model."""
+  return config.paper_config(**config.settings_from_flags(values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +84,29 @@ class Experiment:
     with experiment.explained(self.cfg):
       return artifacts.read_json(f"{self.stage_dir(arm, trial, round_)}/metrics.json")
 
+  def rewind_weights(self, trial):
+    """What tickets are reset to: θ0, or θ_k saved during the dense round (late resetting)."""
+    if self.cfg.rewind != "iteration":
+      return self.theta0(trial)
+    path = experiment.rewind_path(self.output_dir, trial, self.cfg.rewind_iteration)
+    if not artifacts.exists(path):
+      raise StudyError(f"--output_dir={self.output_dir}: {path} is missing; rerun lth_tf.main "
+                       f"with the same flags to finish the dense round")
+    with experiment.explained(self.cfg):
+      return artifacts.read_weights(path, self.weight_shapes)
+
+  def trained(self, arm, trial, round_):
+    """A finished stage's trained weights, which a later stage started from (--rewind=none)."""
+    if not self.has_weights(arm, trial, round_):
+      raise StudyError(f"--output_dir={self.output_dir}: [{arm} trial {trial} round {round_}] "
+                       f"has no weights.npz, which a --rewind=none stage starts from; study it "
+                       f"where lth_tf.main ran (weights stay out of git)")
+    return self.weights(arm, trial, round_)
+
+  def fresh_weights(self, seed):
+    """The weights the experiment's initializer draws with ``seed``."""
+    return experiment.initial_weights(self.cfg, seed)
+
   def theta0(self, trial):
     """θ0 of ``trial``: theta0.npz, or redrawn from its seed where that file is gone (weights
     stay out of git; the draw is a pure function of the seed, so it is the same θ0)."""
@@ -135,12 +145,9 @@ def load(output_dir):
   values = artifacts.read_flagfile(flags_path)
   try:
     cfg = config_from_flags(values)
-  except KeyError as e:
-    raise StudyError(f"--output_dir={output_dir}: flags.cfg lacks --{e.args[0]}; it was not "
-                     f"written by lth_tf.main") from None
-  except ValueError as e:
-    raise StudyError(f"--output_dir={output_dir}: flags.cfg has a bad value ({e}); it was not "
-                     f"written by lth_tf.main") from None
+  except (config.ConfigError, TypeError) as e:
+    raise StudyError(f"--output_dir={output_dir}: flags.cfg is not an experiment's settings "
+                     f"({e}); it was not written by lth_tf.main") from None
   rows = artifacts.read_results(results_path)
   if not any(r["arm"] == "ticket" for r in rows):
     raise StudyError(f"--output_dir={output_dir}: results.csv has no finished ticket round yet; "

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from lth_tf import artifacts, data, experiment, masks, models, ticket, training
+from lth_tf import artifacts, data, experiment, layout, masks, models, ticket, training
 from lth_tf.study import common, properties
 from lth_tf.study.common import StudyError
 
@@ -126,7 +126,7 @@ def compute(exp, splits, round_, iterations=None, points=30, subset=5000, bins=3
     ticket.set_masks(model, arm_mask)
     ticket.set_weights(model, start)
     trainer.reset_optimizer()
-    seed = experiment.derive_seed(cfg.seed, trial, stage[1], "data")
+    seed = layout.data_seed(cfg, trial, stage[1])
     table = data.batch_indices(len(splits.train_x), cfg.batch_size, iterations, seed)
     for r in trajectory(trainer, train, table, subset_x, subset_y, at, bins, estimator):
       rows.append(dict(arm=arm, round=stage[1], **r))

@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from lth_tf import artifacts, data, experiment, models, plot, ticket, training
+from lth_tf.arms import registry as arm_registry
 from lth_tf.study import common
 from lth_tf.study.common import StudyError
 
@@ -36,54 +37,20 @@ def apply_mask(weights, mask):
   return {n: [ws[0] * mask[n], *ws[1:]] if n in mask else list(ws) for n, ws in weights.items()}
 
 
-def rewind_weights(exp, trial):
-  """What tickets are reset to: θ0, or θ_k saved during the dense round (late resetting)."""
-  if exp.cfg.rewind == "iteration":
-    path = experiment.rewind_path(exp.output_dir, trial, exp.cfg.rewind_iteration)
-    if not artifacts.exists(path):
-      raise StudyError(f"--output_dir={exp.output_dir}: {path} is missing; rerun lth_tf.main "
-                       f"with the same flags to finish the dense round")
-    with experiment.explained(exp.cfg):
-      return artifacts.read_weights(path, exp.weight_shapes)
-  return exp.theta0(trial)
-
-
 def init_seed(exp, arm, trial, round_):
-  """The seed of the arm's start weights, as recorded in the stage's metrics.json."""
+  """The seed of the arm's start weights, as recorded in the stage's metrics.json (else as
+  the arm derives it: metrics.json from before seeds were recorded)."""
   seeds = exp.metrics(arm, trial, round_).get("seeds") or {}
   if seeds.get("init") is not None:
     return int(seeds["init"])
-  if arm == "reinit":  # metrics.json from before seeds were recorded: the same derivation
-    return experiment.derive_seed(exp.cfg.seed, trial, arm, round_)
-  return experiment.theta0_seed(exp.cfg, trial)
+  return arm_registry.get(arm).start_weights(exp, trial, round_, exp.mask(arm, trial,
+                                                                           round_))[1]
 
 
-def start_weights(exp, arm, trial, round_, mask, seed=None):
-  """The (masked) weights ``arm`` started ``round_`` from, as experiment._Run.start sets them.
-
-  ticket / random_prune: θ0⊙m (θ_k⊙m with --rewind=iteration; with --rewind=none the previous
-  ticket round's trained weights); reinit: fresh weights from the initializer with the stage's
-  recorded seed (``seed``, default read from metrics.json); sign_constant: sign(θ0)·std(θ0's
-  layer kernel) on the kernels; round 0: θ0.
-  """
-  cfg = exp.cfg
-  if arm in ("ticket", "random_prune") and round_ > 0 and cfg.rewind != "none":
-    base = rewind_weights(exp, trial)
-  elif arm == "sign_constant":
-    base = {n: [np.sign(ws[0]) * ws[0].std(), *ws[1:]] if n in mask else ws
-            for n, ws in rewind_weights(exp, trial).items()}
-  elif arm == "reinit":
-    seed = init_seed(exp, arm, trial, round_) if seed is None else seed
-    base = experiment.initial_weights(cfg, seed)
-  elif round_ == 0:
-    base = exp.theta0(trial)
-  else:  # rewind=none: the previous ticket round's trained weights
-    if not exp.has_weights("ticket", trial, round_ - 1):
-      raise StudyError(f"--output_dir={exp.output_dir}: [ticket trial {trial} round "
-                       f"{round_ - 1}] has no weights.npz, which a --rewind=none ticket "
-                       f"starts from; study it where lth_tf.main ran (weights stay out of git)")
-    base = exp.weights("ticket", trial, round_ - 1)
-  return apply_mask(base, mask)
+def start_weights(exp, arm, trial, round_, mask):
+  """The (masked) weights ``arm`` started ``round_`` from: the arm's own start_weights (the
+  training loop calls the same), under ``mask``."""
+  return apply_mask(arm_registry.get(arm).start_weights(exp, trial, round_, mask)[0], mask)
 
 
 def _kept(arrays, mask):

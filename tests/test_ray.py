@@ -1,11 +1,11 @@
-"""Stage dependencies, one stage at a time (what a worker runs), the driver lock, and the Ray
-executor against the local loop on real Fashion-MNIST (resuming, with workers killed)."""
-import json
+"""The Ray executor: the driver's scheduling, in this process on a stand-in for Ray (stages as
+their dependencies finish, one worker per slot, the ticket chain first, failures and
+divergence), --executor=ray without Ray, and a real local Ray against the local loop on real
+Fashion-MNIST (resuming a local run, a worker SIGKILLed mid-stage, byte-identical results)."""
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FASHION_MANUAL_DIR, REPO, TINY_ARGS, error_line, needs_fashion, run_cli
-from lth_tf import artifacts, experiment, lock
+from conftest import REPO, TINY_ARGS, error_line, needs_fashion, run_cli
+from lth_tf import artifacts, experiment
 
 try:
   import ray  # noqa: F401
@@ -24,69 +24,7 @@ except ImportError:
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="needs ray (pip install 'lth-tf[ray]')")
 
 
-def _cfg(**kw):
-  fields = dict(model="lenet300_100", dataset="mnist", rounds=3, iterations=120, batch_size=30,
-                learning_rate=1.2e-3, eval_every=40, prune_rate_conv=0.0, prune_rate_fc=0.5,
-                prune_rate_output=0.25, controls=("reinit", "random_prune"), trials=2, seed=3)
-  fields.update(kw)
-  return experiment.Config(**fields).validate()
-
-
-def _expected(cfg, ticket_needs):
-  """{stage: needs}: the ticket's from ``ticket_needs(t, r)``, every control its round's ticket."""
-  out = {}
-  for arm, t, r in cfg.stages():
-    out[(arm, t, r)] = (tuple(("ticket", t, q) for q in ticket_needs(t, r)) if arm == "ticket"
-                        else (("ticket", t, r),))
-  return out
-
-
-# ---- (a) dependencies -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kw,ticket_needs", [
-    # iterative IMP (any rewind to θ0, or fine-tuning): the previous round
-    (dict(), lambda t, r: [r - 1] if r else []),
-    (dict(pruning="global"), lambda t, r: [r - 1] if r else []),
-    (dict(rewind="none"), lambda t, r: [r - 1] if r else []),
-    # one-shot: every round prunes the dense round
-    (dict(one_shot=True), lambda t, r: [0] if r else []),
-    # late resetting also needs θ_k from the dense round
-    (dict(rewind="iteration", rewind_iteration=40), lambda t, r: [r - 1, 0] if r > 1 else [0] if r else []),
-    (dict(rewind="iteration", rewind_iteration=40, one_shot=True), lambda t, r: [0] if r else []),
-    # pruning at initialization: θ0 only, which every stage draws or loads itself
-    (dict(pruning="snip"), lambda t, r: []),
-    (dict(pruning="grasp"), lambda t, r: []),
-    (dict(pruning="synflow"), lambda t, r: []),
-    # early-bird masks are recorded during the dense round
-    (dict(pruning="early_bird", eb_window=2), lambda t, r: [0] if r else []),
-], ids=["imp", "global", "rewind_none", "one_shot", "rewind_iteration", "rewind_iteration_one_shot",
-        "snip", "grasp", "synflow", "early_bird"])
-def test_dependencies_are_exactly_what_each_stage_reads(kw, ticket_needs):
-  cfg = _cfg(controls=("reinit", "random_prune", "sign_constant"), **kw)
-  deps = experiment.dependencies(cfg)
-  assert deps == _expected(cfg, ticket_needs)
-  assert experiment.stage_order(cfg) == cfg.stages()  # the local loop's order is topological
-  assert all(t == d[1] for (_, t, _), needs in deps.items() for d in needs)  # within a trial
-
-
-def test_check_order_rejects_a_stage_before_its_needs():
-  cfg = _cfg(trials=1, rounds=1, controls=("reinit",))
-  deps = experiment.dependencies(cfg)
-  with pytest.raises(ValueError, match="before"):
-    experiment.check_order([("ticket", 0, 0), ("reinit", 0, 1), ("ticket", 0, 1)], deps)
-  with pytest.raises(ValueError, match="missing"):
-    experiment.check_order([("ticket", 0, 0), ("ticket", 0, 1)], deps)
-  experiment.check_order([("ticket", 0, 0), ("ticket", 0, 1), ("reinit", 0, 1)], deps)
-
-
-def test_a_stage_needing_theta_k_refuses_to_run_before_the_dense_round(tmp_path, splits):
-  cfg = _cfg(rewind="iteration", rewind_iteration=40)
-  with pytest.raises(RuntimeError, match=r"theta_40.npz is missing: \[ticket trial 1 round 0\] "
-                                         r"must finish before \[reinit trial 1 round 1\]"):
-    experiment.run_stage(cfg, str(tmp_path), splits, ("reinit", 1, 1))
-
-
-# ---- the Ray driver's scheduling, on a stand-in for Ray ----------------------------------------
+# ---- the driver's scheduling, on a stand-in for Ray -------------------------------------------
 
 class FakeRay:
   """Just enough of Ray for executor.run_ray: actors live in this process, and a stage given
@@ -198,11 +136,12 @@ def _job(cfg, out):
   return executor.Job(cfg, out, jit_compile=False, threads=1)
 
 
-def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, fake_ray):
+def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, fake_ray,
+                                                            tiny_config):
   """What the driver and its workers do, in this process: stages in another order than the
   local loop's (trials interleaved), each later stage loading θ_k from disk: same results."""
   from lth_tf import executor
-  cfg = _cfg(rounds=1, trials=2, controls=("reinit", "random_prune"), iterations=40,
+  cfg = tiny_config(rounds=1, trials=2, controls=("reinit", "random_prune"), iterations=40,
              rewind="iteration", rewind_iteration=40)
   local = experiment.run(cfg, str(tmp_path / "local"), splits, jit_compile=False)
   out = str(tmp_path / "ray")
@@ -229,7 +168,7 @@ def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, f
   assert again.init_kw == dict(address="auto")
 
 
-def test_ray_workers_are_one_per_slot_and_reused(tmp_path, splits, fake_ray):
+def test_ray_workers_are_one_per_slot_and_reused(tmp_path, splits, fake_ray, tiny_config):
   """At most one worker per stage the cluster trains at once (counted per node), started only
   when a stage is ready for it; a worker runs stage after stage."""
   from lth_tf import executor
@@ -240,22 +179,22 @@ def test_ray_workers_are_one_per_slot_and_reused(tmp_path, splits, fake_ray):
   assert executor.worker_slots([node(1)], 2, 0) == 1  # too small: one, which waits
   with pytest.raises(ValueError):
     executor.worker_slots([node(8)], 0, 0)
-  cfg = _cfg(rounds=1, trials=2, controls=("reinit", "random_prune"), iterations=40)
+  cfg = tiny_config(rounds=1, trials=2, controls=("reinit", "random_prune"), iterations=40)
   fake = fake_ray(cfg, str(tmp_path / "a"), resources={"CPU": 3.0})
   executor.run_ray(_job(cfg, str(tmp_path / "a")))
   assert len(fake.workers) == 3 and len(fake.submitted) == 8
   assert max(len(w) for w in fake.waves) <= 3
-  chain = _cfg(rounds=2, trials=1, controls=(), iterations=40)  # one stage at a time
+  chain = tiny_config(rounds=2, trials=1, controls=(), iterations=40)  # one stage at a time
   fake = fake_ray(chain, str(tmp_path / "b"), resources={"CPU": 4.0})
   executor.run_ray(_job(chain, str(tmp_path / "b")))
   assert len(fake.workers) == 1 and len(fake.submitted) == 3
 
 
-def test_ray_gives_the_ticket_chain_priority_over_controls(tmp_path, fake_ray):
+def test_ray_gives_the_ticket_chain_priority_over_controls(tmp_path, fake_ray, tiny_config):
   """With one trial, a free worker takes ticket round r+1 before the controls of round r:
   the chain of ticket rounds is the experiment's critical path."""
   from lth_tf import executor
-  cfg = _cfg(rounds=3, trials=1, controls=("reinit", "random_prune"), iterations=40)
+  cfg = tiny_config(rounds=3, trials=1, controls=("reinit", "random_prune"), iterations=40)
   deps = experiment.dependencies(cfg)
   assert executor.critical_path_order(cfg.stages(), deps)[:4] == [
       ("ticket", 0, 0), ("ticket", 0, 1), ("ticket", 0, 2), ("ticket", 0, 3)]
@@ -267,13 +206,13 @@ def test_ray_gives_the_ticket_chain_priority_over_controls(tmp_path, fake_ray):
   assert sorted(submitted) == sorted(cfg.stages())
 
 
-def test_ray_worker_that_cannot_start_is_one_line(tmp_path, fake_ray, monkeypatch):
+def test_ray_worker_that_cannot_start_is_one_line(tmp_path, fake_ray, monkeypatch, tiny_config):
   from lth_tf import executor
 
   def no_data(*args):
     raise experiment.ConfigError("--dataset=mnist gave images of shape (2,), expected (28, 28, 1)")
   monkeypatch.setattr(executor, "load_splits", no_data)
-  cfg = _cfg(rounds=1, trials=1, controls=(), iterations=40)
+  cfg = tiny_config(rounds=1, trials=1, controls=(), iterations=40)
   fake_ray(cfg, str(tmp_path))
   with pytest.raises(executor.ExecutorError) as e:
     executor.run_ray(_job(cfg, str(tmp_path)))
@@ -283,9 +222,10 @@ def test_ray_worker_that_cannot_start_is_one_line(tmp_path, fake_ray, monkeypatc
   assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
 
 
-def test_ray_driver_reports_a_failed_stage_and_lets_the_running_ones_finish(tmp_path, fake_ray):
+def test_ray_driver_reports_a_failed_stage_and_lets_the_running_ones_finish(tmp_path, fake_ray,
+                                                                            tiny_config):
   from lth_tf import executor
-  cfg = _cfg(rounds=1, trials=2, controls=("reinit",), iterations=40)
+  cfg = tiny_config(rounds=1, trials=2, controls=("reinit",), iterations=40)
   out = str(tmp_path)
   artifacts.write_bytes(experiment.theta0_path(out, 1), b"garbage")
   fake = fake_ray(cfg, out)
@@ -299,9 +239,9 @@ def test_ray_driver_reports_a_failed_stage_and_lets_the_running_ones_finish(tmp_
           artifacts.read_results(f"{out}/results.csv")] == [("ticket", 0, 0), ("ticket", 0, 1)]
 
 
-def test_ray_driver_handles_divergence_as_the_local_loop(tmp_path, splits, fake_ray):
+def test_ray_driver_handles_divergence_as_the_local_loop(tmp_path, splits, fake_ray, tiny_config):
   from lth_tf import executor
-  cfg = _cfg(rounds=1, trials=1, controls=("reinit",), learning_rate=1e9, iterations=40)
+  cfg = tiny_config(rounds=1, trials=1, controls=("reinit",), learning_rate=1e9, iterations=40)
   local = experiment.run(cfg, str(tmp_path / "local"), splits, jit_compile=False)
   fake = fake_ray(cfg, str(tmp_path / "go"))
   assert executor.run_ray(_job(cfg, str(tmp_path / "go"))) == local  # the trial ends
@@ -310,66 +250,6 @@ def test_ray_driver_handles_divergence_as_the_local_loop(tmp_path, splits, fake_
   with pytest.raises(experiment.DivergedError, match="--on_divergence"):
     executor.run_ray(_job(cfg, str(tmp_path / "stop")), on_divergence="stop")
   assert artifacts.exists(f"{tmp_path}/stop/results.csv")
-
-
-# ---- (c) the driver lock ----------------------------------------------------------------------
-
-def _write_lock(out, pid, host=None):
-  os.makedirs(out, exist_ok=True)
-  with open(lock.lock_path(out), "w") as f:
-    json.dump(dict(host=host or socket.gethostname(), pid=pid), f)
-
-
-def _dead_pid():
-  proc = subprocess.Popen([sys.executable, "-c", "pass"])
-  proc.wait()
-  return proc.pid
-
-
-def test_lock_is_exclusive_released_and_taken_over_when_stale(tmp_path):
-  out = str(tmp_path / "exp")
-  with lock.DriverLock(out) as held:
-    mine = json.loads(open(lock.lock_path(out)).read())
-    assert (mine["host"], mine["pid"]) == (socket.gethostname(), os.getpid())
-    _write_lock(str(tmp_path / "other"), os.getppid())  # a live process
-    with pytest.raises(lock.LockHeld, match=rf"held by pid {os.getppid()} "):
-      lock.DriverLock(str(tmp_path / "other")).acquire()
-    assert held.held
-  assert not os.path.exists(lock.lock_path(out))  # released
-
-  _write_lock(out, os.getppid(), host="elsewhere")  # another host: cannot be checked, refused
-  with pytest.raises(lock.LockHeld, match="elsewhere"):
-    lock.DriverLock(out).acquire()
-
-  _write_lock(out, _dead_pid())  # a dead driver of this host: taken over
-  with lock.DriverLock(out):
-    assert json.loads(open(lock.lock_path(out)).read())["pid"] == os.getpid()
-  assert os.listdir(out) == []  # no debris
-
-  with pytest.raises(RuntimeError):  # released on errors too
-    with lock.DriverLock(out):
-      raise RuntimeError("boom")
-  assert not os.path.exists(lock.lock_path(out))
-
-
-def test_lock_is_not_released_when_another_driver_holds_it_now(tmp_path):
-  out = str(tmp_path)
-  held = lock.DriverLock(out).acquire()
-  _write_lock(out, os.getppid())  # e.g. taken over meanwhile
-  held.release()
-  assert json.loads(open(lock.lock_path(out)).read())["pid"] == os.getppid()
-
-
-def test_second_driver_on_a_locked_dir_is_refused(tmp_path):
-  out = tmp_path / "exp"
-  _write_lock(str(out), os.getpid())  # this test process: alive
-  before = (out / ".lock").read_text()
-  proc = run_cli([*TINY_ARGS, f"--output_dir={out}"])
-  assert proc.returncode == 2
-  line = error_line(proc)
-  assert f"{out}/.lock" in line and f"pid {os.getpid()}" in line
-  assert (out / ".lock").read_text() == before  # untouched
-  assert sorted(os.listdir(out)) == [".lock"]  # and nothing else written
 
 
 def test_executor_ray_without_ray_is_one_line(tmp_path):
@@ -386,7 +266,7 @@ def test_executor_ray_without_ray_is_one_line(tmp_path):
   assert not (tmp_path / "x").exists()
 
 
-# ---- (b), (d) Ray against the local loop on real Fashion-MNIST --------------------------------
+# ---- Ray against the local loop on real Fashion-MNIST -----------------------------------------
 
 ARGS = [*TINY_ARGS, "--trials=2", "--controls=reinit", "--threads=1"]
 

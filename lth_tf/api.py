@@ -1,0 +1,231 @@
+"""The Python API, for notebooks and scripts: ``lth_tf.Config``, ``lth_tf.run``, ``lth_tf.load``.
+
+  import lth_tf
+  cfg = lth_tf.Config("lenet300_100", dataset="fashion_mnist", rounds=2, iterations=1000)
+  rows = lth_tf.run(cfg, "results/lenet_fm", manual_dir="../shared/datasets/fashion_mnist")
+  exp = lth_tf.load("results/lenet_fm")   # exp.config == cfg, exp.rows == rows
+
+The same experiment as the command line's, through the same code: a setting left out of
+``Config`` takes the flag's default (the paper's for the model, config.with_paper_defaults),
+and ``run`` sets TensorFlow up, checks the data, takes the folder's lock, refuses a folder
+holding another experiment and writes the same flags.cfg as ``python -m lth_tf.main`` does,
+so the folder can be resumed by the command line (and vice versa) and read by
+``python -m lth_tf.plot``, ``report`` and ``study``. Finished stages are never retrained: a
+second ``run`` into the same folder only reads results back.
+
+Importing this module imports no TensorFlow (``Config`` validates without it); ``run``,
+``load`` and ``table`` import it when called.
+"""
+import dataclasses
+import os
+
+from lth_tf import config
+
+
+def Config(model, **settings):  # noqa: N802  (reads as the constructor it stands for)
+  """An experiment's settings: a validated, frozen ``lth_tf.config.Config``.
+
+  ``settings`` are the command line's flags that determine the numbers (Config's fields:
+  ``dataset``, ``rounds``, ``iterations``, ``batch_size``, ``learning_rate``, ``controls``,
+  ``trials``, ``pruning``, ...), lists as tuples; each one left out takes the flag's
+  default, the paper's for ``model`` where it has one (see the README's flags table).
+  ``config.ConfigError``, naming the setting, for an unknown setting or a bad value.
+  """
+  return config.paper_config(model, **settings)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """An experiment folder read back (``load``)."""
+  config: config.Config
+  rows: list  # results.csv: one dict per finished (arm, trial, round)
+  output_dir: str
+  flags: dict  # flags.cfg as {name: value string}, incl. threads, xla, data_dir, ...
+
+  def table(self):
+    """The by-round Markdown table ``python -m lth_tf.report`` prints first."""
+    return table(self.rows, self.config.trials)
+
+
+def _check_int(name, value, low, high=None):
+  if (isinstance(value, bool) or not isinstance(value, int) or value < low
+      or (high is not None and value > high)):
+    bound = f" to {high}" if high is not None else " or more"
+    raise config.ConfigError(f"{name}={value!r} is invalid; pass a whole number of {low}{bound}")
+
+
+_CALMED = []
+
+
+def run(cfg, output_dir, *, data_dir=None, manual_dir=None, threads=None, deterministic=True,
+        xla=None, strategy="default", cpu_devices=0, checkpoint_every=1000, export=False,
+        tensorboard=False, plots=False, on_divergence="continue", overwrite=False,
+        verbose=True):
+  """Runs (or resumes) the experiment ``cfg`` (a Config) into ``output_dir``; returns its
+  results.csv rows, one dict per finished (arm, trial, round) (``pandas.DataFrame(rows)``
+  makes a frame of them; ``lth_tf.table(rows)`` the by-round table).
+
+  The keyword arguments are the command line's flags of the same names, except:
+  ``threads`` None: all cores; ``xla`` None: the model's default; ``export`` (a SavedModel of
+  every stage's ticket) False; ``tensorboard`` False (True: runs in <output_dir>/tensorboard;
+  a path: there); ``plots`` False (True: the command line's figures in <output_dir>/plots);
+  ``verbose``: log progress at absl's INFO level meanwhile.
+
+  TensorFlow is set up in this process as the command line does it, and some of it holds for
+  the process: the thread count and ``cpu_devices`` can be set only before TensorFlow starts
+  (a later run asking for other values raises ConfigError: restart the kernel), and op
+  determinism, once on, stays on. ``threads`` is part of the experiment (results are
+  bit-identical only at the same count) and recorded in flags.cfg.
+
+  Raises config.ConfigError for a bad setting or argument, main.UserError for an
+  ``output_dir`` that cannot be written or holds another experiment (``overwrite=True``
+  deletes that one), lock.LockHeld while another run holds the folder,
+  data.DatasetUnavailableError when the data cannot be had, experiment.DivergedError for a
+  NaN/inf loss with ``on_divergence="stop"``.
+  """
+  from absl import logging
+
+  from lth_tf import console, main  # main: its resolution and checks (absl flags, no TF)
+
+  if not isinstance(cfg, config.Config):
+    raise TypeError(f"cfg must be an lth_tf.Config(...), not {type(cfg).__name__}")
+  cfg = cfg.validate()
+  output_dir = os.fspath(output_dir)
+  data_dir = None if data_dir is None else os.fspath(data_dir)
+  manual_dir = None if manual_dir is None else os.fspath(manual_dir)
+  _check_int("threads", 0 if threads is None else threads, 0, main.MAX_THREADS)
+  _check_int("cpu_devices", cpu_devices, 0, main.MAX_CPU_DEVICES)
+  _check_int("checkpoint_every", checkpoint_every, 0)
+  if checkpoint_every % cfg.eval_every:
+    raise config.ConfigError(f"checkpoint_every={checkpoint_every} must be 0 or a multiple of "
+                             f"eval_every={cfg.eval_every}")
+  if strategy not in config.STRATEGIES:
+    raise config.ConfigError(f"strategy={strategy!r} is unknown; use one of "
+                             f"{', '.join(config.STRATEGIES)}")
+  for name, value in (("deterministic", deterministic), ("xla", xla)):
+    if not (isinstance(value, bool) or (name == "xla" and value is None)):
+      raise config.ConfigError(f"{name}={value!r} is not a boolean; pass True or False")
+  if on_divergence not in ("continue", "stop"):
+    raise config.ConfigError(f"on_divergence={on_divergence!r} is invalid; use 'continue' or "
+                             f"'stop'")
+  if manual_dir is not None and not os.path.isdir(manual_dir):
+    raise config.ConfigError(f"manual_dir={manual_dir} is not a folder; pass the folder "
+                             f"holding the {cfg.dataset} archives")
+  main.check_writable(output_dir)
+
+  # The command line's flag values, resolved as it resolves them: flags.cfg is its text.
+  runtime = dict(threads=threads or 0, deterministic=deterministic, xla=xla, strategy=strategy,
+                 cpu_devices=cpu_devices)
+  given = {}
+  for name in main.RESULT_FLAGS:  # in flags.cfg's order
+    if name in runtime:
+      given[name] = runtime[name]
+    else:
+      value = getattr(cfg, name)
+      field_type = config.Config.__dataclass_fields__[name].type
+      given[name] = (list(value) if isinstance(value, tuple)  # controls, lr_drops: lists
+                     else float(value) if field_type is float else value)
+  values = main.resolve(given)
+  locations = {"data_dir": data_dir, "manual_dir": manual_dir,
+               "checkpoint_every": checkpoint_every}
+  text = main.flagfile_text(values, output_dir, locations)
+
+  old_verbosity = logging.get_verbosity()
+  if verbose:
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+  try:
+    calm = False
+    if not _CALMED:  # once per process: it adds a filter to absl's handler
+      _CALMED.append(calm := console.calm(old_verbosity))
+    with console.quiet_native_stderr(calm):  # TensorFlow's C++ start-up lines
+      import tensorflow as tf
+      tf.config.list_physical_devices()
+      from lth_tf import data, executor, experiment, lock
+    if not deterministic and _determinism_on():
+      raise config.ConfigError("deterministic=False: op determinism is already on in this "
+                               "process and cannot be turned off; restart the kernel")
+    try:
+      strategy_ = experiment.setup_tensorflow(values["threads"], cfg.seed, deterministic,
+                                              cpu_devices, strategy)
+    except RuntimeError as e:  # the thread count, once TensorFlow has started
+      now = tf.config.threading.get_intra_op_parallelism_threads()
+      fix = f"pass threads={now}, or restart the kernel" if now else (
+          "restart the kernel and call lth_tf.run before anything else starts TensorFlow")
+      raise config.ConfigError(
+          f"threads={threads}: TensorFlow already runs in this process with "
+          f"{now or 'its default number of'} intra-op threads, which can be set only before it "
+          f"starts ({e}); {fix}") from e
+    experiment.check_strategy(cfg, strategy_)
+    data.check_available(cfg.dataset, data_dir, manual_dir)  # before any write
+    driver_lock = lock.DriverLock(output_dir)
+    try:
+      driver_lock.acquire()
+    except lock.LockHeld:
+      raise
+    except Exception as e:  # OSError, or TensorFlow's for a URL
+      raise main.not_writable(output_dir, e) from e
+    with driver_lock:
+      main.check_output_dir(
+          output_dir, values, text, overwrite=overwrite,
+          resolved_then=lambda missing: main.resolve(
+              {**given, **{k: main.FLAGS[k].default for k in missing}}))
+      driver_lock.ensure()  # overwrite deleted the folder with the lock in it
+      logging.info("experiment %s -> %s", cfg, output_dir)
+      main.warn_if_environment_differs(cfg, output_dir)
+      logdir = (f"{output_dir}/tensorboard" if tensorboard is True
+                else os.fspath(tensorboard) if tensorboard else None)
+      job = executor.Job(cfg, output_dir, data_dir=data_dir, manual_dir=manual_dir,
+                         checkpoint_every=checkpoint_every, jit_compile=values["xla"],
+                         export=export, logdir=logdir, threads=values["threads"],
+                         deterministic=deterministic, strategy=strategy,
+                         cpu_devices=cpu_devices)
+      splits = executor.load_splits(cfg, data_dir, manual_dir)
+      rows = executor.run_local(job, splits, on_divergence=on_divergence)
+      if plots:
+        from lth_tf import plot
+        plot.plot_experiment(output_dir)
+    return rows
+  finally:
+    logging.set_verbosity(old_verbosity)
+
+
+def _determinism_on():
+  try:
+    from tensorflow.python.framework import config as tf_config
+    return tf_config.is_op_determinism_enabled()
+  except (ImportError, AttributeError):
+    return False
+
+
+def load(output_dir):
+  """The experiment in ``output_dir`` (written by ``run`` or the command line, finished or
+  not): ``Experiment(config, rows, output_dir, flags)``, its Config resolved from flags.cfg
+  as the command line resolves a rerun's (a setting an older flags.cfg lacks took its
+  default) and its results.csv rows (none before the first stage has finished). Imports
+  TensorFlow (files go through tf.io.gfile). artifacts.CorruptFileError, naming the file, for
+  a missing flags.cfg or a file that is not lth_tf's."""
+  from lth_tf import artifacts
+
+  output_dir = os.fspath(output_dir)
+  path, results = f"{output_dir}/flags.cfg", f"{output_dir}/results.csv"
+  if not artifacts.exists(path):
+    raise artifacts.CorruptFileError(path, "missing",
+                                     "pass a folder written by lth_tf.run or lth_tf.main")
+  flags = artifacts.read_flagfile(path)
+  try:
+    cfg = config.paper_config(**config.settings_from_flags(flags))
+  except (config.ConfigError, TypeError) as e:
+    raise artifacts.CorruptFileError(path, f"not an experiment's settings ({e})") from None
+  rows = artifacts.read_results(results) if artifacts.exists(results) else []  # none finished
+  return Experiment(cfg, rows, output_dir, flags)
+
+
+def table(rows, trials=None):
+  """results.csv rows as the by-round Markdown table of ``python -m lth_tf.report`` (mean ±
+  std over trials; ``trials`` default: the trials in ``rows``)."""
+  from lth_tf import report
+
+  if trials is None:
+    trials = len({r["trial"] for r in rows})
+  return report.table(rows, trials)

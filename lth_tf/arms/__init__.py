@@ -1,0 +1,2 @@
+"""The arms of the experiment (the ticket and its controls): one module each, by name in
+``registry``."""

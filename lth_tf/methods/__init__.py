@@ -1,0 +1,1 @@
+"""How a ticket's mask is found: one module per method, found by name in ``registry``."""

@@ -1,0 +1,14 @@
+"""Iterative magnitude pruning with one threshold across layers (--pruning=global, the
+follow-up papers' choice for VGG and ResNet): the pooled layers keep their largest-|w|
+survivors together at --prune_rate per round; the output layer keeps its own rate unless
+--global_output_layer."""
+from lth_tf.methods import layerwise
+
+
+class GlobalMagnitude(layerwise.Layerwise):
+  name = "global"
+  label = "IMP (global)"
+  pooled = True
+
+
+FINDER = GlobalMagnitude()
