@@ -138,54 +138,18 @@ def run(cfg, output_dir, *, data_dir=None, manual_dir=None, threads=None, determ
     calm = False
     if not _CALMED:  # once per process: it adds a filter to absl's handler
       _CALMED.append(calm := console.calm(old_verbosity))
-    with console.quiet_native_stderr(calm):  # TensorFlow's C++ start-up lines
-      import tensorflow as tf
-      tf.config.list_physical_devices()
-      from lth_tf import data, executor, experiment, lock
     if not deterministic and _determinism_on():
       raise config.ConfigError("deterministic=False: op determinism is already on in this "
                                "process and cannot be turned off; restart the kernel")
-    try:
-      strategy_ = experiment.setup_tensorflow(values["threads"], cfg.seed, deterministic,
-                                              cpu_devices, strategy)
-    except RuntimeError as e:  # the thread count, once TensorFlow has started
-      now = tf.config.threading.get_intra_op_parallelism_threads()
-      fix = f"pass threads={now}, or restart the kernel" if now else (
-          "restart the kernel and call lth_tf.run before anything else starts TensorFlow")
-      raise config.ConfigError(
-          f"threads={threads}: TensorFlow already runs in this process with "
-          f"{now or 'its default number of'} intra-op threads, which can be set only before it "
-          f"starts ({e}); {fix}") from e
-    experiment.check_strategy(cfg, strategy_)
-    data.check_available(cfg.dataset, data_dir, manual_dir)  # before any write
-    driver_lock = lock.DriverLock(output_dir)
-    try:
-      driver_lock.acquire()
-    except lock.LockHeld:
-      raise
-    except Exception as e:  # OSError, or TensorFlow's for a URL
-      raise main.not_writable(output_dir, e) from e
-    with driver_lock:
-      main.check_output_dir(
-          output_dir, values, text, overwrite=overwrite,
-          resolved_then=lambda missing: main.resolve(
-              {**given, **{k: main.FLAGS[k].default for k in missing}}))
-      driver_lock.ensure()  # overwrite deleted the folder with the lock in it
-      logging.info("experiment %s -> %s", cfg, output_dir)
-      main.warn_if_environment_differs(cfg, output_dir)
-      logdir = (f"{output_dir}/tensorboard" if tensorboard is True
-                else os.fspath(tensorboard) if tensorboard else None)
-      job = executor.Job(cfg, output_dir, data_dir=data_dir, manual_dir=manual_dir,
-                         checkpoint_every=checkpoint_every, jit_compile=values["xla"],
-                         export=export, logdir=logdir, threads=values["threads"],
-                         deterministic=deterministic, strategy=strategy,
-                         cpu_devices=cpu_devices)
-      splits = executor.load_splits(cfg, data_dir, manual_dir)
-      rows = executor.run_local(job, splits, on_divergence=on_divergence)
-      if plots:
-        from lth_tf import plot
-        plot.plot_experiment(output_dir)
-    return rows
+    return main.launch(
+        cfg, values, output_dir, text, data_dir=data_dir, manual_dir=manual_dir,
+        checkpoint_every=checkpoint_every, export=export,
+        logdir=(f"{output_dir}/tensorboard" if tensorboard is True
+                else os.fspath(tensorboard) if tensorboard else None),
+        on_divergence=on_divergence, overwrite=overwrite,
+        resolved_then=lambda missing: main.resolve(
+            {**given, **{k: main.FLAGS[k].default for k in missing}}),
+        calm=calm, plots=plots)
   finally:
     logging.set_verbosity(old_verbosity)
 

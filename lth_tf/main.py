@@ -326,6 +326,79 @@ def fail(message):
   sys.exit(2)
 
 
+def launch(cfg, values, output_dir, text, *, data_dir=None, manual_dir=None,
+           checkpoint_every=1000, export=True, logdir=None, on_divergence="continue",
+           overwrite=False, resolved_then=None, ray_resources=None, ray_address=None,
+           calm=False, plots=True):
+  """Runs (or resumes) the checked experiment ``cfg`` into ``output_dir``: TensorFlow set up
+  from the resolved flag ``values``, the data checked, the folder locked and checked against
+  its flags.cfg (written as ``text``), every stage run here or on Ray (``ray_resources``:
+  (CPUs, GPUs) per task), the figures drawn. Returns the results.csv rows. The command line
+  and lth_tf.run both end here, after checking their input."""
+  with console.quiet_native_stderr(calm):  # TensorFlow's C++ start-up lines
+    import tensorflow as tf
+    tf.config.list_physical_devices()  # looks for GPUs (and says so), configures nothing
+    from lth_tf import distribute, executor, experiment, lock
+  try:
+    strategy = experiment.setup_tensorflow(values["threads"], values["seed"],
+                                           values["deterministic"], values["cpu_devices"],
+                                           values["strategy"])
+  except RuntimeError as e:  # a thread count, once TensorFlow runs (a notebook's second run)
+    now = tf.config.threading.get_intra_op_parallelism_threads()
+    raise config.ConfigError(
+        f"threads={values['threads']}: TensorFlow already runs in this process with "
+        f"{now or 'its default number of'} intra-op threads, which can be set only before it "
+        f"starts ({e}); pass threads={now or 'None'}, or restart the process") from e
+  experiment.check_strategy(cfg, strategy)
+  task_type, task_id, chief = distribute.task(strategy)
+  if task_type is not None:
+    logging.info("multi-worker: this is %s %d%s; every worker writes its own --output_dir",
+                 task_type, task_id, " (the chief)" if chief else "")
+  data.check_available(cfg.dataset, data_dir, manual_dir)  # before any write
+  # One driver per folder. Taken before check_output_dir, whose --overwrite deletes the
+  # folder: a second driver must not delete a running experiment.
+  driver_lock = lock.DriverLock(output_dir)
+  try:
+    driver_lock.acquire()
+  except lock.LockHeld:
+    raise
+  except Exception as e:  # OSError, or TensorFlow's for a URL
+    raise not_writable(output_dir, e) from e
+  with driver_lock:
+    check_output_dir(output_dir, values, text, overwrite=overwrite,
+                     resolved_then=resolved_then)
+    driver_lock.ensure()  # --overwrite deleted the folder with the lock in it
+    logging.info("experiment %s -> %s (%s executor)", cfg, output_dir,
+                 "local" if ray_resources is None else "ray")
+    warn_if_environment_differs(cfg, output_dir)
+    logging.info("data: %s, prepared once in %s", cfg.dataset,
+                 data_dir or "~/tensorflow_datasets (TFDS's default; --data_dir moves it)")
+    job = executor.Job(cfg, output_dir, data_dir=data_dir, manual_dir=manual_dir,
+                       checkpoint_every=checkpoint_every, jit_compile=values["xla"],
+                       export=export, logdir=logdir, threads=values["threads"],
+                       deterministic=values["deterministic"], strategy=values["strategy"],
+                       cpu_devices=values["cpu_devices"])
+    if ray_resources is None:
+      splits = executor.load_splits(cfg, data_dir, manual_dir)
+      rows = executor.run_local(job, splits, on_divergence=on_divergence)
+    else:
+      executor.prepare_data(cfg, data_dir, manual_dir)
+      rows = executor.run_ray(job, ray_address, *ray_resources, on_divergence=on_divergence)
+    if plots:
+      from lth_tf import plot
+      figures = plot.plot_experiment(output_dir)
+      logging.info("wrote %d figures: %s", len(figures), ", ".join(figures))
+  return rows
+
+
+def errors():
+  """What a command reports as its one-line error (exit code 2): bad input, a corrupt or
+  locked folder, missing data, a diverged or failed run; never a crash."""
+  from lth_tf import artifacts, executor, experiment, lock
+  return (UserError, config.ConfigError, experiment.DivergedError, artifacts.CorruptFileError,
+          data.DatasetUnavailableError, lock.LockHeld, executor.ExecutorError)
+
+
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments {' '.join(argv[1:])!r}; every setting is a --flag=value")
@@ -334,63 +407,21 @@ def main(argv):
     values, cfg, ray_resources = check_flags()
   except (UserError, config.ConfigError) as e:
     fail(e)
-  with console.quiet_native_stderr(calmed):  # TensorFlow's C++ start-up lines
-    import tensorflow as tf
-    tf.config.list_physical_devices()  # looks for GPUs (and says so), configures nothing
-    from lth_tf import (artifacts, distribute, executor, experiment, lock, plot, report,
-                        training)
+  output_dir = FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}"
   try:
-    output_dir = FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}"
-    strategy = experiment.setup_tensorflow(values["threads"], values["seed"],
-                                           values["deterministic"], values["cpu_devices"],
-                                           values["strategy"])
-    experiment.check_strategy(cfg, strategy)
-    task_type, task_id, chief = distribute.task(strategy)
-    if task_type is not None:
-      logging.info("multi-worker: this is %s %d%s; every worker writes its own --output_dir",
-                   task_type, task_id, " (the chief)" if chief else "")
-    data.check_available(cfg.dataset, FLAGS.data_dir, FLAGS.manual_dir)  # before any write
-    text = flagfile_text(values, output_dir)
-    # One driver per folder. Taken before check_output_dir, whose --overwrite deletes the
-    # folder: a second driver must not delete a running experiment.
-    driver_lock = lock.DriverLock(output_dir)
-    try:
-      driver_lock.acquire()
-    except lock.LockHeld:
-      raise
-    except Exception as e:  # OSError, or TensorFlow's for a URL
-      raise not_writable(output_dir, e) from e
-    with driver_lock:
-      check_output_dir(output_dir, values, text)
-      driver_lock.ensure()  # --overwrite deleted the folder with the lock in it
-      logging.info("experiment %s -> %s (%s executor)", cfg, output_dir, FLAGS.executor)
-      warn_if_environment_differs(cfg, output_dir)
-      logging.info("data: %s, prepared once in %s", cfg.dataset,
-                   FLAGS.data_dir or "~/tensorflow_datasets (TFDS's default; --data_dir moves "
-                                     "it)")
-      job = executor.Job(cfg, output_dir, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
-                         checkpoint_every=FLAGS.checkpoint_every, jit_compile=values["xla"],
-                         export=FLAGS.export,
-                         logdir=(f"{output_dir}/tensorboard" if FLAGS.logdir is None
-                                 else FLAGS.logdir or None),
-                         threads=values["threads"], deterministic=values["deterministic"],
-                         strategy=values["strategy"], cpu_devices=values["cpu_devices"])
-      if ray_resources is None:
-        splits = executor.load_splits(cfg, FLAGS.data_dir, FLAGS.manual_dir)
-        rows = executor.run_local(job, splits, on_divergence=FLAGS.on_divergence)
-      else:
-        executor.prepare_data(cfg, FLAGS.data_dir, FLAGS.manual_dir)
-        rows = executor.run_ray(job, FLAGS.ray_address, *ray_resources,
-                                on_divergence=FLAGS.on_divergence)
-      figures = plot.plot_experiment(output_dir)
-      logging.info("wrote %d figures: %s", len(figures), ", ".join(figures))
-      logging.info("done: %d rows in %s/results.csv; by round (python -m lth_tf.report "
-                   "--output_dir=%s prints it again):\n%s", len(rows), output_dir, output_dir,
-                   report.table(rows, cfg.trials))
-  except (UserError, config.ConfigError, experiment.DivergedError, artifacts.CorruptFileError,
-          data.DatasetUnavailableError, training.CorruptCheckpointError, lock.LockHeld,
-          executor.ExecutorError) as e:
+    rows = launch(cfg, values, output_dir, flagfile_text(values, output_dir),
+                  data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
+                  checkpoint_every=FLAGS.checkpoint_every, export=FLAGS.export,
+                  logdir=(f"{output_dir}/tensorboard" if FLAGS.logdir is None
+                          else FLAGS.logdir or None),
+                  on_divergence=FLAGS.on_divergence, overwrite=FLAGS.overwrite,
+                  ray_resources=ray_resources, ray_address=FLAGS.ray_address, calm=calmed)
+  except errors() as e:
     fail(e)
+  from lth_tf import report
+  logging.info("done: %d rows in %s/results.csv; by round (python -m lth_tf.report "
+               "--output_dir=%s prints it again):\n%s", len(rows), output_dir, output_dir,
+               report.table(rows, cfg.trials))
 
 
 def parse_flags(argv):
