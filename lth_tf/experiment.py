@@ -557,7 +557,8 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
         trained = not artifacts.exists(f"{stage_dir(output_dir, arm, trial, r)}/metrics.json")
         metrics = run_.stage(arm, trial, r, rewinder)
         progress.finished(trained, metrics.get("seconds", 0.0))
-        progress.line()
+        if trained or progress.done == progress.total:  # not a line per stage found finished
+          progress.line()
         if metrics["diverged"] and on_divergence == "stop":
           raise diverged_error((arm, trial, r), output_dir)
         if after_stage((arm, trial, r), metrics):
