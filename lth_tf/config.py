@@ -314,6 +314,42 @@ class Config:
             for arm in self.arms(r)]
 
 
+# Bounds on the settings that do not change the numbers; beyond them TensorFlow fails late.
+MAX_THREADS = 1024
+MAX_CPU_DEVICES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+  """How an experiment is computed, apart from what: settings under which the same Config
+  gives the same numbers up to the last bits (results are bit-identical only at the same
+  values, so flags.cfg records them; a rerun into a folder must match them). ``threads`` is
+  resolved (1 or more), ``xla`` whether training compiles with XLA (jit_compile)."""
+  threads: int = 1
+  deterministic: bool = True
+  xla: bool = True
+  strategy: str = "default"  # tf.distribute strategy of every stage (lth_tf.distribute)
+  cpu_devices: int = 0  # logical CPU devices (0: one)
+
+  def validate(self):
+    """Raises ConfigError for the first bad setting; returns self."""
+    _check_int("threads", self.threads, 1)
+    _check_int("cpu_devices", self.cpu_devices, 0)
+    for name, value, bound in (("threads", self.threads, MAX_THREADS),
+                               ("cpu_devices", self.cpu_devices, MAX_CPU_DEVICES)):
+      if value > bound:
+        raise ConfigError(f"--{name}={value} is invalid; pass at most {bound}")
+    for name in ("deterministic", "xla"):
+      if not isinstance(getattr(self, name), bool):
+        raise ConfigError(f"--{name}={getattr(self, name)!r} is not a boolean; pass true or "
+                          f"false")
+    _check_name("strategy", self.strategy, STRATEGIES)
+    if self.strategy != "default" and self.xla:
+      raise ConfigError(f"--strategy={self.strategy} trains without XLA (TF-MOT's wrappers "
+                        f"merge_call in the forward pass); pass --xla=false")
+    return self
+
+
 # Limits that keep a typo from running for days or exhausting memory before it fails.
 MAX_EXAMPLES_PER_ROUND = 2 ** 28  # the int32 batch table of a round: 1 GiB
 MAX_STAGES = 100_000

@@ -27,7 +27,7 @@ import socket
 from absl import logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import artifacts, console, data, distribute, experiment
+from lth_tf import artifacts, config, console, data, distribute, experiment
 
 # Ray restarts a worker whose process died (not one whose stage raised) this many times and
 # reruns its stage there, which resumes from the stage's last checkpoint.
@@ -46,13 +46,9 @@ class Job:
   data_dir: str = None
   manual_dir: str = None
   checkpoint_every: int = 0
-  jit_compile: bool = True
   export: bool = False
   logdir: str = None
-  threads: int = 1
-  deterministic: bool = True
-  strategy: str = "default"  # tf.distribute strategy of every stage (lth_tf.distribute)
-  cpu_devices: int = 0
+  runtime: config.Runtime = config.Runtime()  # threads, determinism, XLA, strategy, devices
 
 
 def _absolute(path):
@@ -89,11 +85,12 @@ class StageWorker:
   def __init__(self, job):
     logging.set_verbosity(logging.INFO)
     self.job = job
-    strategy = experiment.setup_tensorflow(job.threads, job.cfg.seed, job.deterministic,
-                                           job.cpu_devices, job.strategy)
+    rt = job.runtime
+    strategy = experiment.setup_tensorflow(rt.threads, job.cfg.seed, rt.deterministic,
+                                           rt.cpu_devices, rt.strategy)
     self.splits = load_splits(job.cfg, job.data_dir, job.manual_dir)
     self.run_ = experiment._StageRun(job.cfg.validate(), job.output_dir, self.splits,
-                                     job.checkpoint_every, job.jit_compile, (), job.export,
+                                     job.checkpoint_every, job.runtime.xla, (), job.export,
                                      job.logdir, strategy)
 
   def run(self, stage):
@@ -108,9 +105,9 @@ class StageWorker:
 def run_local(job, splits, on_divergence="continue", callbacks=()):
   """Every stage in this process, in ``experiment.stage_order``: experiment.run."""
   return experiment.run(job.cfg, job.output_dir, splits, checkpoint_every=job.checkpoint_every,
-                        jit_compile=job.jit_compile, callbacks=callbacks,
+                        jit_compile=job.runtime.xla, callbacks=callbacks,
                         on_divergence=on_divergence, export=job.export, logdir=job.logdir,
-                        strategy=distribute.get(job.strategy))
+                        strategy=distribute.get(job.runtime.strategy))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -226,9 +226,7 @@ def not_writable(output_dir, e):
                    f"pass a writable --output_dir")
 
 
-# Bounds on the settings that do not change the numbers; beyond them TensorFlow fails late.
-MAX_THREADS = 1024
-MAX_CPU_DEVICES = 64
+MAX_THREADS, MAX_CPU_DEVICES = config.MAX_THREADS, config.MAX_CPU_DEVICES
 
 
 def check_runtime(values, eval_every):
@@ -335,14 +333,15 @@ def launch(cfg, values, output_dir, text, *, data_dir=None, manual_dir=None,
   its flags.cfg (written as ``text``), every stage run here or on Ray (``ray_resources``:
   (CPUs, GPUs) per task), the figures drawn. Returns the results.csv rows. The command line
   and lth_tf.run both end here, after checking their input."""
+  runtime = config.Runtime(**{f: values[f] for f in config.Runtime.__dataclass_fields__})
+  runtime.validate()
   with console.quiet_native_stderr(calm):  # TensorFlow's C++ start-up lines
     import tensorflow as tf
     tf.config.list_physical_devices()  # looks for GPUs (and says so), configures nothing
     from lth_tf import distribute, executor, experiment, lock
   try:
-    strategy = experiment.setup_tensorflow(values["threads"], values["seed"],
-                                           values["deterministic"], values["cpu_devices"],
-                                           values["strategy"])
+    strategy = experiment.setup_tensorflow(runtime.threads, cfg.seed, runtime.deterministic,
+                                           runtime.cpu_devices, runtime.strategy)
   except RuntimeError as e:  # a thread count, once TensorFlow runs (a notebook's second run)
     now = tf.config.threading.get_intra_op_parallelism_threads()
     raise config.ConfigError(
@@ -374,10 +373,8 @@ def launch(cfg, values, output_dir, text, *, data_dir=None, manual_dir=None,
     logging.info("data: %s, prepared once in %s", cfg.dataset,
                  data_dir or "~/tensorflow_datasets (TFDS's default; --data_dir moves it)")
     job = executor.Job(cfg, output_dir, data_dir=data_dir, manual_dir=manual_dir,
-                       checkpoint_every=checkpoint_every, jit_compile=values["xla"],
-                       export=export, logdir=logdir, threads=values["threads"],
-                       deterministic=values["deterministic"], strategy=values["strategy"],
-                       cpu_devices=values["cpu_devices"])
+                       checkpoint_every=checkpoint_every, export=export, logdir=logdir,
+                       runtime=runtime)
     if ray_resources is None:
       splits = executor.load_splits(cfg, data_dir, manual_dir)
       rows = executor.run_local(job, splits, on_divergence=on_divergence)

@@ -24,7 +24,7 @@ from conftest import synthetic_splits  # noqa: E402
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from lth_tf import (artifacts, data, distribute, executor, experiment, masks,  # noqa: E402
+from lth_tf import (artifacts, config, data, distribute, executor, experiment, masks,  # noqa: E402
                     models, ticket, training)
 
 
@@ -126,8 +126,8 @@ def main(out):
 
   # 3. a Ray worker's stage (the Job carries the strategy), then an interrupted, resumed round
   executor.load_splits = lambda *args: splits  # no dataset: the synthetic splits
-  job = executor.Job(cfg, f"{out}/worker", jit_compile=False, threads=1, strategy="mirrored",
-                     cpu_devices=2)
+  job = executor.Job(cfg, f"{out}/worker", runtime=config.Runtime(
+      threads=1, xla=False, strategy="mirrored", cpu_devices=2))
   worker_row = executor.StageWorker(job).run(("ticket", 0, 0))
   short = experiment.Config(**{**cfg.__dict__, "rounds": 1, "controls": ()})
   try:

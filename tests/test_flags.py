@@ -331,3 +331,17 @@ def test_bad_optimizer_flags_give_one_line_naming_the_flag(args, named, tmp_path
   line = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1]
   assert line.startswith("lth_tf: error: ") and named in line, proc.stderr[-2000:]
   assert not (tmp_path / "x").exists()
+
+
+def test_runtime_settings_are_a_value_of_their_own_and_checked():
+  """threads, determinism, XLA, strategy and devices change how, not what, is computed: they
+  travel as config.Runtime beside the Config, checked like it."""
+  from lth_tf import config
+  assert config.Runtime().validate() == config.Runtime(threads=1, deterministic=True, xla=True,
+                                                       strategy="default", cpu_devices=0)
+  assert not set(config.Runtime.__dataclass_fields__) & set(config.Config.__dataclass_fields__)
+  for bad, named in [(dict(threads=0), "--threads"), (dict(threads=10 ** 6), "--threads"),
+                     (dict(cpu_devices=-1), "--cpu_devices"), (dict(strategy="tpu"), "--strategy"),
+                     (dict(xla="yes"), "--xla"), (dict(strategy="mirrored"), "--xla")]:
+    with pytest.raises(config.ConfigError, match=named):
+      config.Runtime(**bad).validate()

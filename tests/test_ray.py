@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_ARGS, error_line, needs_fashion, run_cli
-from lth_tf import artifacts, experiment
+from lth_tf import artifacts, config, experiment
 
 try:
   import ray  # noqa: F401
@@ -133,7 +133,7 @@ def fake_ray(monkeypatch, splits):
 
 def _job(cfg, out):
   from lth_tf import executor
-  return executor.Job(cfg, out, jit_compile=False, threads=1)
+  return executor.Job(cfg, out, runtime=config.Runtime(threads=1, xla=False))
 
 
 def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, fake_ray,
