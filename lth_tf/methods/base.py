@@ -73,10 +73,7 @@ class AtInit(MaskFinder):
   exact = False  # scores come from TensorFlow
 
   def problems(self, cfg):
-    if cfg.one_shot or cfg.rewind != "init":
-      return (f"--pruning={self.name} finds masks at or near θ0 and trains them from θ0; drop "
-              f"--one_shot and --rewind")
-    return None
+    return from_theta0_problem(self.name, cfg)
 
   def needs(self, cfg, trial, round_):
     return []
@@ -90,3 +87,12 @@ class AtInit(MaskFinder):
     ticket.set_masks(model, run.ones())
     ticket.set_weights(model, run.theta0(trial))
     return model
+
+
+def from_theta0_problem(name, cfg):
+  """Methods that find masks at or near θ0 (at initialization, early-bird) train them from
+  θ0: the reason --one_shot or another --rewind cannot run with them, or None."""
+  if cfg.one_shot or cfg.rewind != "init":
+    return (f"--pruning={name} finds masks at or near θ0 and trains them from θ0; drop "
+            f"--one_shot and --rewind")
+  return None

@@ -12,9 +12,9 @@ class EarlyBird(base.MaskFinder):
   masks_from_dense_round = True
 
   def problems(self, cfg):
-    if cfg.one_shot or cfg.rewind != "init":
-      return (f"--pruning={self.name} finds masks at or near θ0 and trains them from θ0; drop "
-              f"--one_shot and --rewind")
+    problem = base.from_theta0_problem(self.name, cfg)
+    if problem:
+      return problem
     evaluations = cfg.iterations // cfg.eval_every
     if cfg.eb_window > evaluations:
       return (f"--eb_window={cfg.eb_window} exceeds the {evaluations} evaluations of a round "

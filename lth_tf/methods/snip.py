@@ -8,9 +8,10 @@ class Snip(base.AtInit):
 
   def problems(self, cfg):
     from lth_tf import data
+    problem = super().problems(cfg)
+    if problem:
+      return problem
     train = data.TRAIN_SIZES[cfg.dataset] - data.VALIDATION_SIZE
-    if super().problems(cfg):
-      return super().problems(cfg)
     if cfg.score_batches * cfg.batch_size > train:
       return (f"--score_batches={cfg.score_batches} of --batch_size={cfg.batch_size} scores "
               f"more examples than the training split holds ({train:,}); pass at most "
