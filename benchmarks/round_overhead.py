@@ -27,7 +27,7 @@ import time
 from absl import app, flags
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import data, experiment, masks, models, pruning, ticket, training
+from lth_tf import config, data, experiment, layout, masks, models, pruning, ticket, training
 
 FLAGS = flags.FLAGS
 MANUAL_DIR = "../shared/datasets/fashion_mnist"
@@ -42,7 +42,7 @@ def define_flags():
   flags.DEFINE_integer("eval_every", 100, "Validate every this many iterations (both).")
   flags.DEFINE_integer("conv2_eval_every", None, "Conv-2's --eval_every (default: "
                        "--eval_every), so that Conv-2 can run fewer iterations than LeNet.")
-  flags.DEFINE_integer("batch_size", experiment.PAPER_BATCH_SIZE, "Batch size (the paper's "
+  flags.DEFINE_integer("batch_size", config.PAPER_BATCH_SIZE, "Batch size (the paper's "
                        "60; smaller only to keep a CI-sized run fast).")
   flags.DEFINE_integer("threads", 1, "TensorFlow intra-op threads, as lth_tf.main's --threads "
                        "(0: all cores). Default 1 so that numbers compare across machines "
@@ -60,7 +60,7 @@ def define_flags():
 def fashion_mnist(manual_dir):
   """Fashion-MNIST with the experiment's validation split."""
   return data.load("fashion_mnist", manual_dir=manual_dir,
-                   split_seed=experiment.derive_seed(0, "split"))
+                   split_seed=layout.derive_seed(0, "split"))
 
 
 def cifar_shaped(sizes, seed=0):
@@ -101,9 +101,9 @@ class LotteryRound:
   def __init__(self, model_name, splits, learning_rate, batch_size, eval_every,
                test_curve=False):
     self.model = ticket.wrap(models.build(model_name, splits.train_x.shape[1:]))
-    # XLA as lth_tf.main's default for the model (off for Conv-2: see experiment.PAPER)
+    # XLA as lth_tf.main's default for the model (off for Conv-2: see config.PAPER)
     self.trainer = training.Trainer(self.model, learning_rate,
-                                    jit_compile=experiment.PAPER[model_name]["xla"])
+                                    jit_compile=config.PAPER[model_name]["xla"])
     self.rewinder = ticket.RewindCallback(ticket.get_weights(self.model))
     self.train = training.Split.of(splits.train_x, splits.train_y)
     self.val = training.Split.of(splits.val_x, splits.val_y)
@@ -284,11 +284,11 @@ def main(argv):
         f"deterministic ops {FLAGS.deterministic}; first calls excluded from the medians")
   lenet = benchmark("lenet300_100", "Fashion-MNIST", fashion_mnist(FLAGS.manual_dir),
                     FLAGS.lenet_iterations, FLAGS.eval_every,
-                    experiment.PAPER["lenet300_100"]["learning_rate"])
+                    config.PAPER["lenet300_100"]["learning_rate"])
   conv2 = benchmark("conv2", "SYNTHETIC random uint8 CIFAR-shaped (32x32x3) data",
                     cifar_shaped([int(s) for s in FLAGS.conv2_sizes]), FLAGS.conv2_iterations,
                     FLAGS.conv2_eval_every or FLAGS.eval_every,
-                    experiment.PAPER["conv2"]["learning_rate"])
+                    config.PAPER["conv2"]["learning_rate"])
   print(f"round/plain lenet300_100={lenet:.3f} conv2={conv2:.3f}")
 
 

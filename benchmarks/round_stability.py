@@ -19,7 +19,7 @@ from absl import app, flags
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from benchmarks import round_overhead
-from lth_tf import experiment, masks, pruning, ticket
+from lth_tf import config, experiment, masks, network, pruning, ticket
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 10, "Pruned rounds after the dense round 0.")
@@ -30,12 +30,12 @@ flags.DEFINE_bool("deterministic", True, "Enable op determinism, as lth_tf.main 
 flags.DEFINE_string("manual_dir", round_overhead.MANUAL_DIR,
                     "Folder with the Fashion-MNIST archives.")
 
-PAPER = experiment.PAPER["lenet300_100"]
+PAPER = config.PAPER["lenet300_100"]
 # The experiment's ticket arm at the paper's rates (fc 20%, output 10%); only the fields that
 # set pruning targets matter here.
-CONFIG = experiment.Config(
+CONFIG = config.Config(
     model="lenet300_100", dataset="fashion_mnist", rounds=1, iterations=100,
-    batch_size=experiment.PAPER_BATCH_SIZE, learning_rate=PAPER["learning_rate"], eval_every=100,
+    batch_size=config.PAPER_BATCH_SIZE, learning_rate=PAPER["learning_rate"], eval_every=100,
     prune_rate_conv=PAPER["prune_rate_conv"], prune_rate_fc=PAPER["prune_rate_fc"],
     prune_rate_output=PAPER["prune_rate_output"])
 
@@ -49,9 +49,9 @@ def current_rss_mb():
 
 def next_mask(model, mask, round_):
   """Round ``round_``'s mask: the trained kernels' survivors, layerwise by magnitude, at the
-  experiment's own targets (experiment.round_targets)."""
+  experiment's own targets (network.round_targets)."""
   return pruning.prune("magnitude", ticket.get_kernels(model), mask,
-                       experiment.round_targets(CONFIG, model, round_))
+                       network.round_targets(CONFIG, model, round_))
 
 
 def run_rounds(lottery, rounds, iterations):
@@ -84,7 +84,7 @@ def main(argv):
         f"intra-op threads {FLAGS.threads or 'all'}", flush=True)
   lottery = round_overhead.LotteryRound(
       "lenet300_100", round_overhead.fashion_mnist(FLAGS.manual_dir), PAPER["learning_rate"],
-      experiment.PAPER_BATCH_SIZE, FLAGS.eval_every)
+      config.PAPER_BATCH_SIZE, FLAGS.eval_every)
   rows = run_rounds(lottery, FLAGS.rounds, FLAGS.iterations)
   first, last = rows[1], rows[-1]
   print(f"round{last[0]}/round1 time: {last[1] / first[1]:.3f} (CPU time: "

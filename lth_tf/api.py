@@ -40,7 +40,8 @@ class Experiment:
   config: config.Config
   rows: list  # results.csv: one dict per finished (arm, trial, round)
   output_dir: str
-  flags: dict  # flags.cfg as {name: value string}, incl. threads, xla, data_dir, ...
+  flags: dict  # flags.cfg as {name: value string}, incl. threads, xla, data_dir, ... (an
+  # older file's missing flags resolved: config.FlagsFile.flags)
 
   def table(self):
     """The by-round Markdown table ``python -m lth_tf.report`` prints first."""
@@ -89,12 +90,11 @@ def run(cfg, output_dir, *, data_dir=None, manual_dir=None, threads=None, determ
 
   if not isinstance(cfg, config.Config):
     raise TypeError(f"cfg must be an lth_tf.Config(...), not {type(cfg).__name__}")
-  cfg = cfg.validate()
   output_dir = os.fspath(output_dir)
   data_dir = None if data_dir is None else os.fspath(data_dir)
   manual_dir = None if manual_dir is None else os.fspath(manual_dir)
-  _check_int("threads", 0 if threads is None else threads, 0, main.MAX_THREADS)
-  _check_int("cpu_devices", cpu_devices, 0, main.MAX_CPU_DEVICES)
+  _check_int("threads", 0 if threads is None else threads, 0, config.MAX_THREADS)
+  _check_int("cpu_devices", cpu_devices, 0, config.MAX_CPU_DEVICES)
   _check_int("checkpoint_every", checkpoint_every, 0)
   if checkpoint_every % cfg.eval_every:
     raise config.ConfigError(f"checkpoint_every={checkpoint_every} must be 0 or a multiple of "
@@ -113,22 +113,11 @@ def run(cfg, output_dir, *, data_dir=None, manual_dir=None, threads=None, determ
                              f"holding the {cfg.dataset} archives")
   main.check_writable(output_dir)
 
-  # The command line's flag values, resolved as it resolves them: flags.cfg is its text.
-  runtime = dict(threads=threads or 0, deterministic=deterministic, xla=xla, strategy=strategy,
-                 cpu_devices=cpu_devices)
-  given = {}
-  for name in main.RESULT_FLAGS:  # in flags.cfg's order
-    if name in runtime:
-      given[name] = runtime[name]
-    else:
-      value = getattr(cfg, name)
-      field_type = config.Config.__dataclass_fields__[name].type
-      given[name] = (list(value) if isinstance(value, tuple)  # controls, lr_drops: lists
-                     else float(value) if field_type is float else value)
-  values = main.resolve(given)
-  locations = {"data_dir": data_dir, "manual_dir": manual_dir,
-               "checkpoint_every": checkpoint_every}
-  text = main.flagfile_text(values, output_dir, locations)
+  # The Runtime the command line resolves from the same flags: flags.cfg is its text.
+  _, runtime = config.resolve({
+      "model": cfg.model, "threads": threads or 0, "deterministic": deterministic, "xla": xla,
+      "strategy": strategy, "cpu_devices": cpu_devices})
+  recorded = config.FlagsFile(cfg, runtime, output_dir, data_dir, manual_dir, checkpoint_every)
 
   old_verbosity = logging.get_verbosity()
   if verbose:
@@ -142,14 +131,10 @@ def run(cfg, output_dir, *, data_dir=None, manual_dir=None, threads=None, determ
       raise config.ConfigError("deterministic=False: op determinism is already on in this "
                                "process and cannot be turned off; restart the kernel")
     return main.launch(
-        cfg, values, output_dir, text, data_dir=data_dir, manual_dir=manual_dir,
-        checkpoint_every=checkpoint_every, export=export,
+        recorded, export=export,
         logdir=(f"{output_dir}/tensorboard" if tensorboard is True
                 else os.fspath(tensorboard) if tensorboard else None),
-        on_divergence=on_divergence, overwrite=overwrite,
-        resolved_then=lambda missing: main.resolve(
-            {**given, **{k: main.FLAGS[k].default for k in missing}}),
-        calm=calm, plots=plots)
+        on_divergence=on_divergence, overwrite=overwrite, calm=calm, plots=plots)
   finally:
     logging.set_verbosity(old_verbosity)
 
@@ -172,17 +157,10 @@ def load(output_dir):
   from lth_tf import artifacts
 
   output_dir = os.fspath(output_dir)
-  path, results = f"{output_dir}/flags.cfg", f"{output_dir}/results.csv"
-  if not artifacts.exists(path):
-    raise artifacts.CorruptFileError(path, "missing",
-                                     "pass a folder written by lth_tf.run or lth_tf.main")
-  flags = artifacts.read_flagfile(path)
-  try:
-    cfg = config.paper_config(**config.settings_from_flags(flags))
-  except (config.ConfigError, TypeError) as e:
-    raise artifacts.CorruptFileError(path, f"not an experiment's settings ({e})") from None
+  recorded = artifacts.read_flags_file(output_dir)
+  results = f"{output_dir}/results.csv"
   rows = artifacts.read_results(results) if artifacts.exists(results) else []  # none finished
-  return Experiment(cfg, rows, output_dir, flags)
+  return Experiment(recorded.config, rows, output_dir, recorded.flags())
 
 
 def table(rows, trials=None):

@@ -13,6 +13,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
+from lth_tf import config
 from lth_tf import masks as masks_lib
 
 RESULT_COLUMNS = ("arm", "trial", "round", "weights_remaining", "early_stop_iteration",
@@ -70,7 +71,7 @@ def stage_of(path):
 
 
 def fix_for(path):
-  """What to do about a corrupt ``path``, by the kind of file (lth_tf.experiment.stage_fix
+  """What to do about a corrupt ``path``, by the kind of file (lth_tf.fixes.stage_fix
   says more where the experiment's flags are known)."""
   path = str(path)
   name = os.path.basename(path)
@@ -340,3 +341,16 @@ def parse_flagfile(text, path=None):
 def read_flagfile(path):
   """flags.cfg as {name: value string} (parse_flagfile); CorruptFileError if it is not one."""
   return parse_flagfile(read_bytes(path), path)
+
+
+def read_flags_file(output_dir, fix="pass a folder written by lth_tf.main or lth_tf.run"):
+  """The experiment folder's flags.cfg as a config.FlagsFile (its Config, Runtime and
+  locations); CorruptFileError naming the file when it is missing (with ``fix``) or does not
+  hold an experiment's settings."""
+  path = f"{output_dir}/flags.cfg"
+  if not exists(path):
+    raise CorruptFileError(path, "missing", fix)
+  try:
+    return config.FlagsFile.parse(read_flagfile(path))
+  except config.ConfigError as e:
+    raise CorruptFileError(path, f"not an experiment's settings ({e})") from None

@@ -9,6 +9,7 @@ building a model) and lth_tf.data (image shapes and split sizes without loading 
 """
 import dataclasses
 import math
+import os
 
 from lth_tf import architectures, data, pruning
 from lth_tf.arms import registry as arm_registry
@@ -98,50 +99,155 @@ def with_paper_defaults(values):
 
 
 def paper_config(model, **settings):
-  """The validated Config of ``model`` with ``settings`` (Config's field names) and, for every
-  setting left out, what the command line takes for the flag left out: the paper's values for
-  the model (with_paper_defaults), DEFAULTS, or Config's own defaults. lth_tf.Config.
+  """The Config of ``model`` with ``settings`` (Config's field names) and, for every setting
+  left out, what the command line takes for the flag left out: the paper's values for the
+  model (with_paper_defaults), DEFAULTS, or Config's own defaults. lth_tf.Config.
 
   ``paper_config("lenet300_100", dataset="fashion_mnist", rounds=2, iterations=1000)`` equals
   the Config of ``python -m lth_tf.main --model=lenet300_100 --dataset=fashion_mnist
   --rounds=2 --iterations=1000``. ConfigError, naming the setting, for an unknown setting or a
   bad value."""
-  fields = {f.name for f in dataclasses.fields(Config)}
-  unknown = sorted(set(settings) - fields)
+  fields = [f.name for f in dataclasses.fields(Config)]
+  unknown = sorted(set(settings) - set(fields))
   if unknown:
     raise ConfigError(f"{', '.join(unknown)}: not a setting of an experiment; use "
-                      f"{', '.join(f.name for f in dataclasses.fields(Config))}")
-  values = with_paper_defaults({**DEFAULTS, **settings, "model": model})
+                      f"{', '.join(fields)}")
+  return resolve({**settings, "model": model})[0]
+
+
+# flags.cfg: the flags that determine an experiment's numbers (Config's fields and Runtime's),
+# in the order it lists them, then --output_dir and LOCATION_FLAGS. A rerun into a folder must
+# match them, except EXTENSIBLE_FLAGS, which only add stages.
+RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learning_rate",
+                "eval_every", "prune_rate_conv", "prune_rate_fc", "prune_rate_output", "controls",
+                "trials", "seed", "initializer", "init_scale", "test_curve", "pruning", "prune_rate",
+                "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init",
+                "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
+                "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
+                "lr_drop_factor", "weight_decay", "strategy", "cpu_devices")
+EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
+LOCATION_FLAGS = ("data_dir", "manual_dir", "checkpoint_every")  # where, not what
+
+
+def resolve(values):
+  """The experiment named by flag values ({flag: value} over RESULT_FLAGS; None or absent: the
+  flag left out; lists as lists, of strings as absl gives them, or tuples) as its checked
+  (Config, Runtime), every default filled in: the paper's (with_paper_defaults), DEFAULTS,
+  Config's and Runtime's own, --threads=0 as this machine's cores, --xla off under a
+  --strategy. The one resolution of an experiment's settings: the command line, lth_tf.Config,
+  lth_tf.run and a folder's flags.cfg (FlagsFile.parse) all go through it. ConfigError, one
+  line naming the flag and the fix, for the first bad value."""
+  given = {k: v for k, v in values.items() if v is not None}
+  for name, bound, meaning in (("threads", MAX_THREADS, "0 (all cores) or a count such as 2"),
+                               ("cpu_devices", MAX_CPU_DEVICES, "0 (one CPU device) or a count "
+                                                                "such as 2")):
+    value = given.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= bound:
+      raise ConfigError(f"--{name}={value} is invalid; pass {meaning}, at most {bound}")
+  given = with_paper_defaults({**DEFAULTS, **given})
   for name in ("controls", "lr_drops"):  # lists as tuples: a Config is hashable
-    if isinstance(values.get(name), list):
-      values[name] = tuple(values[name])
-  return Config(**{k: v for k, v in values.items() if k in fields}).validate()
-
-
-def settings_from_flags(flags):
-  """An experiment's flags.cfg ({name: value string}, artifacts.read_flagfile) as the Config
-  settings it names, typed: ``paper_config(**settings_from_flags(flags))`` is its Config, a
-  setting missing (an older flags.cfg) resolved as a rerun of the command line resolves it.
-  Flags that are not Config fields (threads, output_dir, ...) are left out; ConfigError for
-  a value that is not of its field's type."""
-  settings = {}
-  for f in dataclasses.fields(Config):
-    if f.name not in flags:
-      continue
-    text = flags[f.name]
+    if isinstance(given.get(name), list):
+      given[name] = tuple(given[name])
+  if isinstance(given.get("controls"), tuple):
+    given["controls"] = tuple(c for c in given["controls"] if c != "")  # --controls= : none
+  drops = given.get("lr_drops")
+  if isinstance(drops, tuple) and any(isinstance(d, str) for d in drops):
     try:
-      if f.type is bool:
+      given["lr_drops"] = tuple(int(d) if isinstance(d, str) else d for d in drops if d != "")
+    except ValueError:
+      raise ConfigError(f"--lr_drops={','.join(map(str, drops))} is not a list of iterations; "
+                        f"pass e.g. --lr_drops=32000,48000") from None
+  runtime = {f.name: given.pop(f.name) for f in dataclasses.fields(Runtime) if f.name in given}
+  if not runtime.get("threads"):
+    runtime["threads"] = os.cpu_count() or 1
+  if runtime.get("strategy", "default") != "default":  # lth_tf.distribute: no XLA there
+    runtime["xla"] = False
+  fields = {f.name for f in dataclasses.fields(Config)}
+  return (Config(**{k: v for k, v in given.items() if k in fields}), Runtime(**runtime))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagsFile:
+  """An experiment's flags.cfg as values: what it computes (``config``), how (``runtime``),
+  where its results go and its data comes from. ``text()`` is the file, reusable as
+  --flagfile; ``parse`` reads one back, an older file's missing flags resolved as a rerun of
+  the command line resolves them (flags are only ever added, each at the default it had).
+  The one round trip of flags.cfg: lth_tf.main and lth_tf.run write it, the folder check of a
+  rerun, lth_tf.load, plot, report and the studies read it."""
+  config: "Config"
+  runtime: "Runtime"
+  output_dir: str
+  data_dir: str = None
+  manual_dir: str = None
+  checkpoint_every: int = None
+
+  def values(self):
+    """{flag: value text} over RESULT_FLAGS, as flags.cfg writes them."""
+    out = {}
+    for name in RESULT_FLAGS:
+      value = getattr(self.runtime if name in _RUNTIME_FIELDS else self.config, name)
+      if isinstance(value, (tuple, list)):
+        value = ",".join(map(str, value))
+      elif _FIELD_TYPES.get(name) is float:
+        value = float(value)
+      out[name] = str(value)
+    return out
+
+  def flags(self):
+    """{flag: value text} of every line of flags.cfg: RESULT_FLAGS, --output_dir, then the
+    LOCATION_FLAGS that are set."""
+    out = {**self.values(), "output_dir": self.output_dir}
+    out.update({name: str(getattr(self, name)) for name in LOCATION_FLAGS
+                if getattr(self, name) is not None})
+    return out
+
+  def text(self):
+    """flags.cfg itself."""
+    return "".join(f"--{k}={v}\n" for k, v in self.flags().items())
+
+  @classmethod
+  def parse(cls, flags):
+    """The FlagsFile of flags.cfg's {name: value string} (artifacts.parse_flagfile);
+    ConfigError for settings that are not an experiment's."""
+    if "model" not in flags:
+      raise ConfigError("no --model; this is not an experiment's flags.cfg")
+    typed = _typed(flags)
+    cfg, runtime = resolve({k: v for k, v in typed.items() if k in RESULT_FLAGS})
+    return cls(cfg, runtime, flags.get("output_dir", ""), flags.get("data_dir"),
+               flags.get("manual_dir"), typed.get("checkpoint_every"))
+
+  def differences(self, other):
+    """[(flag, this value, ``other``'s value)] of the RESULT_FLAGS outside EXTENSIBLE_FLAGS
+    that differ: what keeps ``other`` from resuming this experiment's folder."""
+    mine, theirs = self.values(), other.values()
+    return [(k, mine[k], theirs[k]) for k in RESULT_FLAGS
+            if k not in EXTENSIBLE_FLAGS and mine[k] != theirs[k]]
+
+
+def _typed(flags):
+  """flags.cfg's {name: value string} as the typed values of the flags it names (Config's,
+  Runtime's and --checkpoint_every; the rest are left out); ConfigError for a value that is
+  not of its flag's type."""
+  types = {**_FIELD_TYPES, **{f.name: f.type for f in dataclasses.fields(Runtime)},
+           "checkpoint_every": int}
+  typed = {}
+  for name, kind in types.items():
+    if name not in flags:
+      continue
+    text = flags[name]
+    try:
+      if kind is bool:
         if text.lower() not in ("true", "false", "1", "0"):
           raise ValueError(text)
-        settings[f.name] = text.lower() in ("true", "1")
-      elif f.type is tuple:
+        typed[name] = text.lower() in ("true", "1")
+      elif kind is tuple:
         items = [c for c in text.split(",") if c]
-        settings[f.name] = tuple(int(c) for c in items) if f.name == "lr_drops" else tuple(items)
+        typed[name] = tuple(int(c) for c in items) if name == "lr_drops" else tuple(items)
       else:
-        settings[f.name] = f.type(text)
+        typed[name] = kind(text)
     except ValueError:
-      raise ConfigError(f"--{f.name}={text[:40]} is not a {f.type.__name__}") from None
-  return settings
+      raise ConfigError(f"--{name}={text[:40]} is not a {kind.__name__}") from None
+  return typed
 
 
 class ConfigError(ValueError):
@@ -185,11 +291,14 @@ class Config:
   lr_drop_factor: float = 0.1
   weight_decay: float = 0.0  # L2 on kernels
 
+  def __post_init__(self):
+    self.validate()  # a Config that exists is a valid one
+
   def validate(self):
     """Raises ConfigError, one line naming the flag and the fix, for the first bad setting;
-    returns self. Checks names, types, ranges and the combinations that would otherwise fail
-    hours later or run without meaning (a layer pruned past its last weight, a batch larger
-    than the training split)."""
+    returns self (construction calls it: a Config that exists is a valid one). Checks names,
+    types, ranges and the combinations that would otherwise fail hours later or run without
+    meaning (a layer pruned past its last weight, a batch larger than the training split)."""
     _check_name("model", self.model, architectures.ARCHITECTURES)
     _check_name("dataset", self.dataset, data.SHAPES)
     side = data.SHAPES[self.dataset][0]
@@ -331,8 +440,11 @@ class Runtime:
   strategy: str = "default"  # tf.distribute strategy of every stage (lth_tf.distribute)
   cpu_devices: int = 0  # logical CPU devices (0: one)
 
+  def __post_init__(self):
+    self.validate()
+
   def validate(self):
-    """Raises ConfigError for the first bad setting; returns self."""
+    """Raises ConfigError for the first bad setting; returns self (construction calls it)."""
     _check_int("threads", self.threads, 1)
     _check_int("cpu_devices", self.cpu_devices, 0)
     for name, value, bound in (("threads", self.threads, MAX_THREADS),
@@ -353,6 +465,10 @@ class Runtime:
 # Limits that keep a typo from running for days or exhausting memory before it fails.
 MAX_EXAMPLES_PER_ROUND = 2 ** 28  # the int32 batch table of a round: 1 GiB
 MAX_STAGES = 100_000
+
+
+_RUNTIME_FIELDS = {f.name for f in dataclasses.fields(Runtime)}
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
 def groups(cfg, sizes, kinds):

@@ -7,7 +7,6 @@ iteration by as much as trial-to-trial noise does. Every stage records ``describ
 metrics.json, and ``lth_tf.main`` warns when it resumes an experiment on a different one.
 """
 import platform
-import sys
 from importlib import metadata
 
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy")

@@ -1,7 +1,7 @@
 """Where an experiment's stages run: all in this process (``local``), or on Ray (``ray``).
 
 Every stage (arm, trial, round) writes its own files into the output dir and needs only the
-files of the stages ``experiment.dependencies`` names, so stages of different trials, and the
+files of the stages ``stage_graph.dependencies`` names, so stages of different trials, and the
 controls of a round, can train at the same time on different cores or machines. The Ray
 driver starts one worker (a Ray actor, ``StageWorker``) per stage the cluster can train at
 once; each sets TensorFlow up exactly as ``lth_tf.main`` does, loads the data and compiles
@@ -27,7 +27,8 @@ import socket
 from absl import logging
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from lth_tf import artifacts, config, console, data, distribute, experiment
+from lth_tf import (artifacts, config, console, data, distribute, experiment, fixes, layout,
+                    stage_graph)
 
 # Ray restarts a worker whose process died (not one whose stage raised) this many times and
 # reruns its stage there, which resumes from the stage's last checkpoint.
@@ -41,7 +42,7 @@ class ExecutorError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Job:
   """Everything a worker needs to run stages of one experiment (picklable, hashable)."""
-  cfg: experiment.Config
+  cfg: config.Config
   output_dir: str
   data_dir: str = None
   manual_dir: str = None
@@ -66,9 +67,9 @@ def label(stage):
 def load_splits(cfg, data_dir, manual_dir):
   """The experiment's data splits, checked against the dataset's image shape."""
   splits = data.load(cfg.dataset, data_dir, manual_dir,
-                     split_seed=experiment.derive_seed(cfg.seed, "split"))
+                     split_seed=layout.derive_seed(cfg.seed, "split"))
   if splits.train_x.shape[1:] != data.SHAPES[cfg.dataset]:
-    raise experiment.ConfigError(f"--dataset={cfg.dataset} gave images of shape "
+    raise config.ConfigError(f"--dataset={cfg.dataset} gave images of shape "
                                  f"{splits.train_x.shape[1:]}, expected "
                                  f"{data.SHAPES[cfg.dataset]}")
   return splits
@@ -89,7 +90,7 @@ class StageWorker:
     strategy = experiment.setup_tensorflow(rt.threads, job.cfg.seed, rt.deterministic,
                                            rt.cpu_devices, rt.strategy)
     self.splits = load_splits(job.cfg, job.data_dir, job.manual_dir)
-    self.run_ = experiment._StageRun(job.cfg.validate(), job.output_dir, self.splits,
+    self.run_ = experiment._StageRun(job.cfg, job.output_dir, self.splits,
                                      job.checkpoint_every, job.runtime.xla, (), job.export,
                                      job.logdir, strategy)
 
@@ -103,7 +104,7 @@ class StageWorker:
 # ---- driver side -----------------------------------------------------------------------------
 
 def run_local(job, splits, on_divergence="continue", callbacks=()):
-  """Every stage in this process, in ``experiment.stage_order``: experiment.run."""
+  """Every stage in this process, in ``stage_graph.stage_order``: experiment.run."""
   return experiment.run(job.cfg, job.output_dir, splits, checkpoint_every=job.checkpoint_every,
                         jit_compile=job.runtime.xla, callbacks=callbacks,
                         on_divergence=on_divergence, export=job.export, logdir=job.logdir,
@@ -210,11 +211,11 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
   """
   import ray
 
-  cfg = job.cfg.validate()
+  cfg = job.cfg
   job = dataclasses.replace(job, cfg=cfg, output_dir=_absolute(job.output_dir),
                             data_dir=_absolute(job.data_dir),
                             manual_dir=_absolute(job.manual_dir), logdir=_absolute(job.logdir))
-  order, deps = experiment.stage_order(cfg), experiment.dependencies(cfg)
+  order, deps = stage_graph.stage_order(cfg), stage_graph.dependencies(cfg)
   position = {s: i for i, s in enumerate(order)}
   by_priority = critical_path_order(order, deps)
   done, skipped, running, failures, stop = {}, set(), {}, [], []
@@ -227,9 +228,9 @@ def run_ray(job, address=None, cpus_per_task=1, gpus_per_task=0, on_divergence="
       skipped.update(s for s in order if s[1] == stage[1] and position[s] > position[stage]
                      and s not in done and s not in (r for r, _ in running.values()))
 
-  with experiment.explained(cfg):  # a corrupt metrics.json: one line naming what to delete
+  with fixes.explained(cfg):  # a corrupt metrics.json: one line naming what to delete
     for stage in order:  # resume: finished stages are not submitted again
-      path = f"{experiment.stage_dir(job.output_dir, *stage)}/metrics.json"
+      path = f"{layout.stage_dir(job.output_dir, *stage)}/metrics.json"
       if stage not in skipped and artifacts.exists(path):
         finished(stage, artifacts.read_json(path))
   if done:

@@ -11,176 +11,23 @@ reached through their small protocols (methods/base.py, arms/base.py).
 """
 import contextlib
 import dataclasses
-import functools
 
-import numpy as np
 from absl import logging
 
-from lth_tf import (artifacts, config, console, data, distribute, environment, layout, masks,
-                    models, summaries, ticket, training)
+from lth_tf import (artifacts, console, data, distribute, environment, layout, masks, models,
+                    summaries, ticket, training)
 from lth_tf import export as export_lib
 from lth_tf.arms import registry as arm_registry
-from lth_tf.config import (CONTROLS, PAPER, PAPER_BATCH_SIZE, PRUNING,  # noqa: F401
-                           REWIND, Config, ConfigError, paper_output_rate)
-from lth_tf.layout import (derive_seed, early_bird_path, rewind_path, stage_dir,  # noqa: F401
-                           theta0_path, theta0_seed)
+from lth_tf.config import ConfigError
+from lth_tf.fixes import explained
+from lth_tf.layout import rewind_path, stage_dir, theta0_path, theta0_seed
 from lth_tf.methods import registry as method_registry
+from lth_tf.network import initial_weights, make_trainer, round_targets
+from lth_tf.stage_graph import dependencies, stage_order
 
 
 class DivergedError(RuntimeError):
   """A stage's loss became NaN/inf and --on_divergence=stop; the stage is recorded."""
-
-
-def dependencies(cfg):
-  """{stage: the stages it needs finished first} for every (arm, trial, round) of ``cfg``.
-
-  A stage needs the files other stages write, as its arm says (lth_tf/arms): a control needs
-  the ticket of its round (its mask, its counts, or with --rewind=none the round it fine-tunes
-  from; also the simplest guarantee that the ticket's mask is written once, by the ticket);
-  the ticket's round r > 0 needs what its method finds the mask from (lth_tf/methods: the
-  previous trained round for IMP, the dense round for one-shot and early-bird, nothing for
-  methods that score θ0, which every stage draws or loads itself) and, with
-  --rewind=iteration, the dense round that captures θ_k. Nothing crosses trials.
-  """
-  return {(arm, t, r): tuple(arm_registry.get(arm).needs(cfg, t, r) if r > 0 else ())
-          for arm, t, r in cfg.stages()}
-
-
-def check_order(order, deps):
-  """Raises ValueError unless ``order`` lists every stage of ``deps`` once, after its needs."""
-  seen = set()
-  for stage in order:
-    missing = [d for d in deps[stage] if d not in seen]
-    if stage in seen or missing:
-      raise ValueError(f"{stage} is listed twice or before {missing}")
-    seen.add(stage)
-  if seen != set(deps):
-    raise ValueError(f"stages missing from the order: {sorted(set(deps) - seen)}")
-  return order
-
-
-def stage_order(cfg):
-  """The order the local loop runs: cfg.stages(), checked to be a topological order."""
-  return check_order(cfg.stages(), dependencies(cfg))
-
-
-def _needed_by(cfg):
-  """{stage: the stages that need it}, dependencies(cfg) reversed."""
-  needed_by = {}
-  for stage, needs in dependencies(cfg).items():
-    for need in needs:
-      needed_by.setdefault(need, []).append(stage)
-  return needed_by
-
-
-def built_on(cfg, stages):
-  """Every stage that needs one of ``stages``, directly or through others (dependencies)."""
-  needed_by = _needed_by(cfg)
-  out, todo = set(), list(stages)
-  while todo:
-    for later in needed_by.get(todo.pop(), ()):
-      if later not in out:
-        out.add(later)
-        todo.append(later)
-  return out - set(stages)
-
-
-def changed_by_retraining(cfg, stages):
-  """The stages built on what retraining ``stages`` may change in the last bits (on another
-  machine, other libraries or --threads): trained weights, and masks found by training or by
-  TensorFlow (early-bird, SNIP, GraSP, SynFlow). A later ticket round is pruned from (or
-  rewinds to, or records its early-bird mask in) a ticket's training, so it and everything
-  built on it go; a control needs only its ticket's mask, which IMP recomputes exactly from
-  the files it was pruned from (numpy), so it stays, unless that mask came from TensorFlow."""
-  needed_by = _needed_by(cfg)
-  exact_masks = method_registry.get(cfg.pruning).exact
-  out = set()
-  for stage in stages:
-    for later in needed_by.get(stage, ()):
-      if later[0] == "ticket" or not (exact_masks or stage[2] == 0):
-        out |= {later} | built_on(cfg, [later])
-  return out - set(stages)
-
-
-def _rounds_text(rounds):
-  """[1, 2, 3, 5] -> '1-3, 5'."""
-  runs = []
-  for r in sorted(rounds):
-    if runs and r == runs[-1][1] + 1:
-      runs[-1][1] = r
-    else:
-      runs.append([r, r])
-  return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
-def stage_fix(cfg, output_dir, stage, name):
-  """What to do about ``stage``'s corrupt file ``name`` (masks.npz, weights.npz or
-  metrics.json), one line: which folder to delete so that rerunning the experiment's command
-  retrains it, and which finished stages were built on what that may change
-  (``changed_by_retraining``). Those keep their files: they stay consistent with the retrained
-  stage when the rerun reproduces it bit for bit, as it does on the same machine, libraries
-  and --threads; otherwise they must go too.
-  An early-bird ticket's mask is recorded by the dense round, so there the dense round is
-  retrained (or only the stage's trained files deleted)."""
-  arm, trial, round_ = stage
-  folder = stage_dir(output_dir, *stage)
-  roots = [stage]
-  if method_registry.get(cfg.pruning).masks_from_dense_round and arm == "ticket" and round_ > 0:
-    if name != "masks.npz":
-      return (f"delete {folder}/weights.npz and {folder}/metrics.json (not its masks.npz, "
-              f"which the dense round recorded) and rerun the experiment's command to retrain "
-              f"that stage")
-    dense = stage_dir(output_dir, "ticket", trial, 0)
-    roots.append(("ticket", trial, 0))
-    fix = (f"delete {dense} and {folder} and rerun the experiment's command to retrain the "
-           f"dense round, which records the early-bird masks, and that stage")
-  else:
-    fix = f"delete {folder} and rerun the experiment's command to retrain that stage"
-  later = [s for s in changed_by_retraining(cfg, roots)
-           if artifacts.exists(f"{stage_dir(output_dir, *s)}/metrics.json")]
-  if later:
-    by_arm = {}
-    for a, _, r in later:
-      by_arm.setdefault(a, []).append(r)
-    which = ", ".join(f"{a} round{'s' if len(rs) > 1 else ''} {_rounds_text(rs)}"
-                      for a, rs in sorted(by_arm.items(), key=lambda x: x[0] != "ticket"))
-    many = len(later) > 1
-    fix += (f"; the {f'{len(later)} finished stages' if many else 'finished stage'} built on "
-            f"it (trial {trial}: {which}) {'stay' if many else 'stays'} valid only if the rerun "
-            f"reproduces this stage bit for bit (same machine, libraries and --threads): "
-            f"otherwise delete {'them' if many else 'it'} too")
-  return fix
-
-
-def explain(error, cfg):
-  """``error`` (a CorruptFileError) with the fix that knows the experiment ``cfg``: for a
-  stage's file, stage_fix; for θ_k and early_bird.json, which the dense round records, the
-  stages built on that round too. Other files keep their fix."""
-  found = artifacts.stage_of(error.path)
-  if found and found[2] in ("masks.npz", "weights.npz", "metrics.json"):
-    return error.with_fix(stage_fix(cfg, found[0], found[1], found[2]))
-  name = error.path.rsplit("/", 1)[-1]
-  if "/ticket/trial_" in error.path and (name == "early_bird.json" or (
-      name.startswith("theta_") and name != "theta0.npz")):
-    output_dir, trial = error.path.rsplit("/ticket/trial_", 1)
-    trial = int(trial.split("/", 1)[0])
-    later = [s for s in changed_by_retraining(cfg, [("ticket", trial, 0)])
-             if artifacts.exists(f"{stage_dir(output_dir, *s)}/metrics.json")]
-    if later:
-      return error.with_fix(f"{error.fix}; the {len(later)} finished stage(s) of trial {trial} "
-                            f"built on the dense round stay valid only if the rerun "
-                            f"reproduces it bit for bit (same machine, libraries and "
-                            f"--threads): otherwise delete them too")
-  return error
-
-
-@contextlib.contextmanager
-def explained(cfg):
-  """Re-raises a CorruptFileError of the experiment's files with ``explain``'s fix."""
-  try:
-    yield
-  except artifacts.CorruptFileError as e:
-    raise explain(e, cfg) from None
 
 
 def setup_tensorflow(threads, seed, deterministic, cpu_devices=0, strategy="default"):
@@ -213,48 +60,6 @@ def check_strategy(cfg, strategy):
   if cfg.batch_size % replicas:
     raise ConfigError(f"--batch_size={cfg.batch_size} (the global batch) does not split over "
                       f"the {replicas} replicas of the strategy; pass a multiple of {replicas}")
-
-def initial_weights(cfg, seed, shape=None):
-  """The weights ``cfg``'s initializer draws with ``seed`` (θ0 of a trial, or a reinit
-  control's fresh weights): a pure function of the two, so a lost theta0.npz is redrawn
-  bit for bit. ``shape``: the images' shape (default: the dataset's)."""
-  return ticket.get_weights(models.build(cfg.model, shape or data.SHAPES[cfg.dataset],
-                                         init=cfg.initializer, seed=seed,
-                                         init_scale=cfg.init_scale))
-
-
-@functools.lru_cache(maxsize=None)
-def _weight_shapes(model, shape):
-  net = models.build(model, shape)
-  return artifacts.weight_shapes({n: layer.weights
-                                  for n, layer in ticket.weight_layers(net).items()})
-
-
-def weight_shapes(cfg):
-  """{layer: [array shapes]} of ``cfg``'s network, what its θ0 and weights.npz must hold
-  (built once per model and dataset)."""
-  return _weight_shapes(cfg.model, data.SHAPES[cfg.dataset])
-
-
-def round_targets(cfg, model, round_):
-  """How many weights each group of ``model``'s prunable layers keeps after ``round_`` rounds:
-  [((layer, ...), count)], the targets pruning.prune takes (config.groups says which groups)."""
-  wrappers = ticket.wrappers(model)
-  sizes = {n: int(np.prod(w.pruning_vars[0][0].shape))  # shapes only: no copy of the values
-           for n, w in wrappers.items()}
-  return config.targets(cfg, sizes, {n: models.layer_kind(w.layer) for n, w in wrappers.items()},
-                        round_)
-
-
-def make_trainer(cfg, model, jit_compile=True, strategy=None):
-  """A trainer for ``model`` with ``cfg``'s optimizer, schedule and weight decay: a
-  training.Trainer, or under a tf.distribute ``strategy`` a distribute.DistributedTrainer."""
-  return distribute.trainer(
-      strategy, model, cfg.learning_rate, jit_compile, optimizer=cfg.optimizer,
-      momentum=cfg.momentum,
-      warmup_iterations=cfg.warmup_iterations, lr_drops=cfg.lr_drops,
-      lr_drop_factor=cfg.lr_drop_factor, weight_decay=cfg.weight_decay)
-
 
 def collect_rows(cfg, output_dir):
   """results.csv rows for every finished stage of ``cfg``, from the stages' metrics.json
@@ -525,7 +330,7 @@ def run_stage(cfg, output_dir, splits, stage, checkpoint_every=0, jit_compile=Tr
       raise RuntimeError(f"{path} is missing: [ticket trial {trial} round 0] must finish "
                          f"before [{arm} trial {trial} round {round_}]")
   if run_ is None:
-    run_ = _StageRun(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile,
+    run_ = _StageRun(cfg, output_dir, splits, checkpoint_every, jit_compile,
                      callbacks, export, logdir, strategy)
   with explained(cfg):
     return run_.stage(arm, trial, round_, run_.rewinder(trial))
@@ -544,7 +349,7 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
   """
   if on_divergence not in ("continue", "stop"):
     raise ConfigError(f"--on_divergence={on_divergence} is invalid; use continue or stop")
-  run_ = _Run(cfg.validate(), output_dir, splits, checkpoint_every, jit_compile, callbacks,
+  run_ = _Run(cfg, output_dir, splits, checkpoint_every, jit_compile, callbacks,
               export, logdir, strategy)
   order = stage_order(cfg)  # a topological order of dependencies(cfg), trial by trial
   progress = console.StageProgress(len(order), "local")

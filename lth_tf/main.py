@@ -110,111 +110,57 @@ flags.DEFINE_integer("ray_cpus_per_task", None, "--executor=ray: CPUs each stage
                      "(default: --threads).")
 flags.DEFINE_float("ray_gpus_per_task", 0, "--executor=ray: GPUs each stage reserves.")
 
-# Flags whose values determine the numbers; a rerun into an existing dir must match them,
-# except the ones that only add stages.
-RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learning_rate",
-                "eval_every", "prune_rate_conv", "prune_rate_fc", "prune_rate_output", "controls",
-                "trials", "seed", "initializer", "init_scale", "test_curve", "pruning", "prune_rate",
-                "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init",
-                "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
-                "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
-                "lr_drop_factor", "weight_decay", "strategy", "cpu_devices")
-EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
+RESULT_FLAGS = config.RESULT_FLAGS  # what flags.cfg records (lth_tf.config.FlagsFile)
 
 
 class UserError(Exception):
   """Reported as one line, exit code 2."""
 
 
-def resolved_flags(unset=()):
-  """Flag values with model-dependent defaults filled in, as {name: value}.
-
-  Flags named in `unset` are taken at their default, whatever the command line says: what an
-  older flags.cfg that lacks them ran with.
-  """
+def flag_values():
+  """The RESULT_FLAGS as given ({name: value}, None where the default depends on the model):
+  what config.resolve takes."""
   if FLAGS.model is None:
     raise UserError(f"--model is required; pass one of {', '.join(architectures.ARCHITECTURES)}"
                     f" (or --flagfile=flags/smoke.cfg for a two-minute example)")
-  return resolve({name: FLAGS[name].default if name in unset else FLAGS[name].value
-                  for name in RESULT_FLAGS})
+  return {name: FLAGS[name].value for name in RESULT_FLAGS}
 
 
-def resolve(values):
-  """RESULT_FLAGS values ({name: flag value}, None where the default depends on the model)
-  with every default filled in: the paper's (config.with_paper_defaults, which lth_tf.Config
-  shares), --threads=0 as the cores, --xla off under a --strategy. lth_tf.run resolves its
-  runtime settings here too, so its flags.cfg is the command line's."""
-  if values["model"] not in config.PAPER:
-    raise UserError(f"--model={values['model']} is not a model; pass one of "
-                    f"{', '.join(architectures.ARCHITECTURES)}")
-  values = config.with_paper_defaults(values)
-  try:
-    values["lr_drops"] = [str(int(d)) for d in values["lr_drops"] if d]
-  except ValueError:
-    raise UserError(f"--lr_drops={','.join(values['lr_drops'])} is not a list of iterations; "
-                    f"pass e.g. --lr_drops=32000,48000") from None
-  if values["threads"] == 0:
-    values["threads"] = os.cpu_count() or 1
-  if values["strategy"] != "default":  # see lth_tf.distribute: XLA can't compile TF-MOT there
-    values["xla"] = False
-  values["controls"] = [c for c in values["controls"] if c]
-  return values
+def flags_file(output_dir=None):
+  """The checked config.FlagsFile the command line names (its flags.cfg), --output_dir
+  defaulting to results/<model>_<dataset>. ConfigError or UserError for a bad flag."""
+  cfg, runtime = config.resolve(flag_values())
+  return config.FlagsFile(cfg, runtime, output_dir or FLAGS.output_dir
+                          or f"results/{cfg.model}_{cfg.dataset}", FLAGS.data_dir,
+                          FLAGS.manual_dir, FLAGS.checkpoint_every)
 
 
-def config_from(values):
-  fields = {f: values[f] for f in config.Config.__dataclass_fields__}
-  fields["controls"] = tuple(fields["controls"])
-  fields["lr_drops"] = tuple(int(d) for d in fields["lr_drops"])
-  return config.Config(**fields)
-
-
-def flagfile_text(values, output_dir, locations=None):
-  """flags.cfg: the resolved RESULT_FLAGS ``values``, --output_dir, then ``locations``
-  ({name: value}; default: --data_dir, --manual_dir and --checkpoint_every from FLAGS), those
-  that are not None."""
-  if locations is None:
-    locations = {name: FLAGS[name].value for name in ("data_dir", "manual_dir",
-                                                       "checkpoint_every")}
-  lines = [f"--{k}={','.join(v) if isinstance(v, list) else v}" for k, v in values.items()]
-  lines.append(f"--output_dir={output_dir}")
-  lines += [f"--{name}={value}" for name, value in locations.items() if value is not None]
-  return "\n".join(lines) + "\n"
-
-
-def check_output_dir(output_dir, values, text, overwrite=None, resolved_then=None):
-  """Refuses (or with --overwrite, clears) an output dir holding a different experiment.
-
-  ``overwrite``: default --overwrite. ``resolved_then(missing)``: the resolved values with the
-  flags named in ``missing`` at their defaults (what an older flags.cfg that lacks them ran
-  with); default resolved_flags(unset=missing), from FLAGS.
-  """
+def check_output_dir(recorded, overwrite=None):
+  """Refuses (or with --overwrite, clears) an output dir holding a different experiment than
+  ``recorded`` (a config.FlagsFile), then writes ``recorded``'s flags.cfg there. An older
+  flags.cfg is read as a rerun of its command would resolve it (FlagsFile.parse).
+  ``overwrite``: default --overwrite."""
   from lth_tf import artifacts
   import tensorflow as tf
 
   if overwrite is None:
     overwrite = FLAGS.overwrite
-  if resolved_then is None:
-    resolved_then = lambda missing: resolved_flags(unset=missing)  # noqa: E731
+  output_dir = recorded.output_dir
   path = f"{output_dir}/flags.cfg"
   if artifacts.exists(path):
-    old = artifacts.read_flagfile(path)
-    new = artifacts.parse_flagfile(text)
-    # A flag missing from an older flags.cfg had its default then (flags are only ever added),
-    # resolved as today (--prune_rate's default is --prune_rate_fc's value).
-    missing = [k for k in RESULT_FLAGS if k not in old]
-    if missing:
-      then = artifacts.parse_flagfile(flagfile_text(resolved_then(missing), output_dir, {}))
-      old = {**then, **old}
-    differ = [k for k in RESULT_FLAGS if k not in EXTENSIBLE_FLAGS and old.get(k) != new.get(k)]
+    try:
+      differ = artifacts.read_flags_file(output_dir).differences(recorded)
+      shown = ", ".join(f"--{k}={old} (now {new})" for k, old, new in differ)
+    except artifacts.CorruptFileError as e:  # not lth_tf's, or settings this one refuses
+      differ, shown = True, f"a flags.cfg this version cannot resume ({e.problem})"
     if differ and not overwrite:
-      shown = ", ".join(f"--{k}={old.get(k)} (now {new.get(k)})" for k in differ)
       raise UserError(f"--output_dir={output_dir} holds an experiment with different flags: "
                       f"{shown}; use another --output_dir, or --overwrite to delete it")
     if differ:
       logging.warning("--overwrite: deleting the experiment in %s", output_dir)
       tf.io.gfile.rmtree(output_dir)
   try:
-    artifacts.write_bytes(path, text)
+    artifacts.write_bytes(path, recorded.text())
   except Exception as e:
     raise not_writable(output_dir, e) from e
 
@@ -226,40 +172,29 @@ def not_writable(output_dir, e):
                    f"pass a writable --output_dir")
 
 
-MAX_THREADS, MAX_CPU_DEVICES = config.MAX_THREADS, config.MAX_CPU_DEVICES
-
-
-def check_runtime(values, eval_every):
-  """The flags that decide how, not what, is computed; before TensorFlow starts."""
-  if values["strategy"] not in config.STRATEGIES:
-    raise UserError(f"--strategy={values['strategy']} is unknown; use one of "
-                    f"{', '.join(config.STRATEGIES)}")
-  for name, bound, meaning in (("threads", MAX_THREADS, "0 (all cores) or a count such as 2"),
-                               ("cpu_devices", MAX_CPU_DEVICES, "0 (one CPU device) or a "
-                                                                "count such as 2")):
-    if not 0 <= values[name] <= bound:
-      raise UserError(f"--{name}={FLAGS[name].value} is invalid; pass {meaning}, at most "
-                      f"{bound}")
+def check_runtime(runtime, eval_every):
+  """The flags that decide how, not what, is computed, beyond config.Runtime's own checks;
+  before TensorFlow starts."""
   if FLAGS.checkpoint_every < 0 or FLAGS.checkpoint_every % eval_every:
     raise UserError(f"--checkpoint_every={FLAGS.checkpoint_every} must be 0 or a multiple of "
                     f"--eval_every={eval_every}")
-  if values["strategy"] != "default" and FLAGS["xla"].present and FLAGS.xla:
+  if runtime.strategy != "default" and FLAGS["xla"].present and FLAGS.xla:
     logging.warning("--strategy=%s trains without XLA (TF-MOT's wrappers merge_call in the "
-                    "forward pass); recording --xla=False", values["strategy"])
-  if values["strategy"] == "multi_worker_mirrored" and FLAGS.executor == "ray":
+                    "forward pass); recording --xla=False", runtime.strategy)
+  if runtime.strategy == "multi_worker_mirrored" and FLAGS.executor == "ray":
     raise UserError("--strategy=multi_worker_mirrored runs one training on the TF_CONFIG "
                     "workers; it does not combine with --executor=ray (use --strategy=mirrored "
                     "with --ray_gpus_per_task, or --executor=local on every worker)")
 
 
-def check_executor(values):
+def check_executor(runtime):
   """The --executor and --ray_* flags; returns Ray's per-task (CPUs, GPUs), None for local."""
   if FLAGS.executor != "ray":
     return None
-  cpus = values["threads"] if FLAGS.ray_cpus_per_task is None else FLAGS.ray_cpus_per_task
+  cpus = runtime.threads if FLAGS.ray_cpus_per_task is None else FLAGS.ray_cpus_per_task
   gpus = FLAGS.ray_gpus_per_task
-  if not 1 <= cpus <= MAX_THREADS or not 0 <= gpus < math.inf:
-    raise UserError(f"--ray_cpus_per_task={cpus} must be 1 to {MAX_THREADS} and "
+  if not 1 <= cpus <= config.MAX_THREADS or not 0 <= gpus < math.inf:
+    raise UserError(f"--ray_cpus_per_task={cpus} must be 1 to {config.MAX_THREADS} and "
                     f"--ray_gpus_per_task={gpus} 0 or more")
   try:
     import ray  # noqa: F401
@@ -282,15 +217,15 @@ def check_writable(output_dir):
 
 
 def check_flags():
-  """Every flag, before TensorFlow is imported: (resolved values, Config, Ray resources)."""
-  values = resolved_flags()
-  cfg = config_from(values).validate()
-  check_runtime(values, cfg.eval_every)
-  check_writable(FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}")
+  """Every flag, before TensorFlow is imported: (config.FlagsFile, Ray resources)."""
+  recorded = flags_file()
+  cfg = recorded.config
+  check_runtime(recorded.runtime, cfg.eval_every)
+  check_writable(recorded.output_dir)
   if FLAGS.manual_dir is not None and not os.path.isdir(FLAGS.manual_dir):
     raise UserError(f"--manual_dir={FLAGS.manual_dir} is not a folder; pass the folder holding "
                     f"the {cfg.dataset} archives")
-  ray_resources = check_executor(values)
+  ray_resources = check_executor(recorded.runtime)
   late = [d for d in cfg.lr_drops if d >= cfg.iterations]
   if late:
     logging.warning("--lr_drops=%s: the drops at %s come at or after --iterations=%d and "
@@ -299,15 +234,15 @@ def check_flags():
   if cfg.warmup_iterations > cfg.iterations:
     logging.warning("--warmup_iterations=%d exceeds --iterations=%d: the learning rate never "
                     "reaches --learning_rate", cfg.warmup_iterations, cfg.iterations)
-  return values, cfg, ray_resources
+  return recorded, ray_resources
 
 
 def warn_if_environment_differs(cfg, output_dir):
   """Resuming on other libraries or another CPU: its stages will differ in the last bits from
   a rerun of the ones already there (lth_tf.environment), so say so."""
-  from lth_tf import artifacts, environment, experiment
+  from lth_tf import artifacts, environment, layout
   for arm, trial, round_ in cfg.stages():
-    path = f"{experiment.stage_dir(output_dir, arm, trial, round_)}/metrics.json"
+    path = f"{layout.stage_dir(output_dir, arm, trial, round_)}/metrics.json"
     if artifacts.exists(path):
       recorded = artifacts.read_json(path).get("environment")
       changed = environment.differences(recorded, environment.describe()) if recorded else []
@@ -324,17 +259,15 @@ def fail(message):
   sys.exit(2)
 
 
-def launch(cfg, values, output_dir, text, *, data_dir=None, manual_dir=None,
-           checkpoint_every=1000, export=True, logdir=None, on_divergence="continue",
-           overwrite=False, resolved_then=None, ray_resources=None, ray_address=None,
-           calm=False, plots=True):
-  """Runs (or resumes) the checked experiment ``cfg`` into ``output_dir``: TensorFlow set up
-  from the resolved flag ``values``, the data checked, the folder locked and checked against
-  its flags.cfg (written as ``text``), every stage run here or on Ray (``ray_resources``:
-  (CPUs, GPUs) per task), the figures drawn. Returns the results.csv rows. The command line
-  and lth_tf.run both end here, after checking their input."""
-  runtime = config.Runtime(**{f: values[f] for f in config.Runtime.__dataclass_fields__})
-  runtime.validate()
+def launch(recorded, *, export=True, logdir=None, on_divergence="continue", overwrite=False,
+           ray_resources=None, ray_address=None, calm=False, plots=True):
+  """Runs (or resumes) the checked experiment ``recorded`` (a config.FlagsFile: the Config,
+  its Runtime, the folder and the data's location): TensorFlow set up, the data checked, the
+  folder locked and checked against its flags.cfg (then written), every stage run here or on
+  Ray (``ray_resources``: (CPUs, GPUs) per task), the figures drawn. Returns the results.csv
+  rows. The command line and lth_tf.run both end here, after checking their input."""
+  cfg, runtime, output_dir = recorded.config, recorded.runtime, recorded.output_dir
+  data_dir, manual_dir = recorded.data_dir, recorded.manual_dir
   with console.quiet_native_stderr(calm):  # TensorFlow's C++ start-up lines
     import tensorflow as tf
     tf.config.list_physical_devices()  # looks for GPUs (and says so), configures nothing
@@ -345,7 +278,7 @@ def launch(cfg, values, output_dir, text, *, data_dir=None, manual_dir=None,
   except RuntimeError as e:  # a thread count, once TensorFlow runs (a notebook's second run)
     now = tf.config.threading.get_intra_op_parallelism_threads()
     raise config.ConfigError(
-        f"threads={values['threads']}: TensorFlow already runs in this process with "
+        f"threads={runtime.threads}: TensorFlow already runs in this process with "
         f"{now or 'its default number of'} intra-op threads, which can be set only before it "
         f"starts ({e}); pass threads={now or 'None'}, or restart the process") from e
   experiment.check_strategy(cfg, strategy)
@@ -364,8 +297,7 @@ def launch(cfg, values, output_dir, text, *, data_dir=None, manual_dir=None,
   except Exception as e:  # OSError, or TensorFlow's for a URL
     raise not_writable(output_dir, e) from e
   with driver_lock:
-    check_output_dir(output_dir, values, text, overwrite=overwrite,
-                     resolved_then=resolved_then)
+    check_output_dir(recorded, overwrite=overwrite)
     driver_lock.ensure()  # --overwrite deleted the folder with the lock in it
     logging.info("experiment %s -> %s (%s executor)", cfg, output_dir,
                  "local" if ray_resources is None else "ray")
@@ -373,8 +305,8 @@ def launch(cfg, values, output_dir, text, *, data_dir=None, manual_dir=None,
     logging.info("data: %s, prepared once in %s", cfg.dataset,
                  data_dir or "~/tensorflow_datasets (TFDS's default; --data_dir moves it)")
     job = executor.Job(cfg, output_dir, data_dir=data_dir, manual_dir=manual_dir,
-                       checkpoint_every=checkpoint_every, export=export, logdir=logdir,
-                       runtime=runtime)
+                       checkpoint_every=recorded.checkpoint_every or 0, export=export,
+                       logdir=logdir, runtime=runtime)
     if ray_resources is None:
       splits = executor.load_splits(cfg, data_dir, manual_dir)
       rows = executor.run_local(job, splits, on_divergence=on_divergence)
@@ -401,14 +333,12 @@ def main(argv):
     fail(f"unexpected arguments {' '.join(argv[1:])!r}; every setting is a --flag=value")
   calmed = console.calm(logging.get_verbosity())
   try:
-    values, cfg, ray_resources = check_flags()
+    recorded, ray_resources = check_flags()
   except (UserError, config.ConfigError) as e:
     fail(e)
-  output_dir = FLAGS.output_dir or f"results/{cfg.model}_{cfg.dataset}"
+  cfg, output_dir = recorded.config, recorded.output_dir
   try:
-    rows = launch(cfg, values, output_dir, flagfile_text(values, output_dir),
-                  data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
-                  checkpoint_every=FLAGS.checkpoint_every, export=FLAGS.export,
+    rows = launch(recorded, export=FLAGS.export,
                   logdir=(f"{output_dir}/tensorboard" if FLAGS.logdir is None
                           else FLAGS.logdir or None),
                   on_divergence=FLAGS.on_divergence, overwrite=FLAGS.overwrite,

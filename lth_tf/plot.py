@@ -36,22 +36,28 @@ class PlotError(Exception):
   """A folder that cannot be plotted; the message is one line."""
 
 
-def read_flags(output_dir):
-  """flags.cfg as {name: value string}; {} when absent, since it only feeds titles."""
-  path = f"{output_dir}/flags.cfg"
-  if not artifacts.exists(path):
-    return {}
-  return artifacts.read_flagfile(path)
+def read_flags_file(output_dir):
+  """The experiment's flags.cfg (config.FlagsFile), None when absent (it only feeds titles
+  and labels); CorruptFileError for one that is not an experiment's."""
+  if not artifacts.exists(f"{output_dir}/flags.cfg"):
+    return None
+  return artifacts.read_flags_file(output_dir)
 
 
-def title(run_flags, rows):
-  """'model on dataset, N trials', saying 'k of N' while trials are still missing."""
+def title(cfg, rows):
+  """'model on dataset, N trials' of the experiment ``cfg`` (a Config, or None when its
+  flags.cfg is gone), saying 'k of N' while trials are still missing."""
   done = len({r["trial"] for r in rows})
-  planned = str(run_flags.get("trials", done))
-  planned = int(planned) if planned.isdigit() else done
+  planned = done if cfg is None else cfg.trials
   trials = f"{done} of {planned}" if done < planned else f"{done}"
-  return (f"{run_flags.get('model', '?')} on {run_flags.get('dataset', '?')}, "
-          f"{trials} trial{'s' if planned != 1 else ''}")
+  model, dataset = ("?", "?") if cfg is None else (cfg.model, cfg.dataset)
+  return f"{model} on {dataset}, {trials} trial{'s' if planned != 1 else ''}"
+
+
+def experiment_config(output_dir):
+  """The Config in ``output_dir``'s flags.cfg, None without one."""
+  recorded = read_flags_file(output_dir)
+  return None if recorded is None else recorded.config
 
 
 def arm_rows(rows):
@@ -148,13 +154,12 @@ def load_metrics(output_dir, arm, trial, round_):
 def explained(error, output_dir):
   """A corrupt stage file's error with the fix that knows the experiment (which finished
   stages were built on that stage), when flags.cfg says what the experiment is."""
-  from lth_tf import experiment
-  from lth_tf.study import common
+  from lth_tf import fixes
   try:
-    cfg = common.config_from_flags(read_flags(output_dir))
-  except Exception:  # no or an unusable flags.cfg: the generic fix
+    recorded = read_flags_file(output_dir)
+  except artifacts.CorruptFileError:  # an unusable flags.cfg: the generic fix
     return error
-  return experiment.explain(error, cfg)
+  return error if recorded is None else fixes.explain(error, recorded.config)
 
 
 def pick_rounds(percent_by_round, most=4):
@@ -264,7 +269,7 @@ def plot_experiment(output_dir):
   rows = artifacts.read_results(path)
   if not any(r["arm"] == "ticket" for r in rows):
     raise PlotError(f"{path} has no finished ticket round yet")
-  heading = title(read_flags(output_dir), rows)
+  heading = title(experiment_config(output_dir), rows)
   for r in rows:  # every file read (and checked) before any figure is written
     load_metrics(output_dir, r["arm"], r["trial"], r["round"])
   written = []
@@ -283,13 +288,14 @@ def plot_experiment(output_dir):
 
 
 def compare_label(output_dir):
-  """A line's name in a comparison: the experiment's method, and its folder."""
-  run_flags = read_flags(output_dir)
-  method = run_flags.get("pruning", "layerwise")
-  method = method_registry.METHODS[method].label if method in method_registry.METHODS else method
-  if run_flags.get("one_shot") == "True":
-    method += " one-shot"
-  return f"{method} ({output_dir.rstrip('/').rsplit('/', 1)[-1]})"
+  """A line's name in a comparison: the experiment's method, and its folder (the folder
+  alone when it has no flags.cfg to say the method)."""
+  folder = output_dir.rstrip('/').rsplit('/', 1)[-1]
+  cfg = experiment_config(output_dir)
+  if cfg is None:
+    return folder
+  method = method_registry.get(cfg.pruning).label + (" one-shot" if cfg.one_shot else "")
+  return f"{method} ({folder})"
 
 
 def plot_comparison(output_dirs, dest):

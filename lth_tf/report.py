@@ -173,12 +173,10 @@ def _main(argv):
     fail(f"unexpected arguments {' '.join(argv[1:])!r}; pass --output_dir=DIR, or --compare "
          f"DIR1 DIR2 ...")
   rows = read(flags.FLAGS.output_dir)
-  flags_path = f"{flags.FLAGS.output_dir}/flags.cfg"
-  cfg = artifacts.read_flagfile(flags_path) if artifacts.exists(flags_path) else {}
-  trials = cfg.get("trials", "1")
-  if not trials.isdigit():
-    raise artifacts.CorruptFileError(flags_path, f"--trials={trials[:20]} is not a count")
-  print(table(rows, int(trials)))
+  output_dir = flags.FLAGS.output_dir
+  recorded = (artifacts.read_flags_file(output_dir)
+              if artifacts.exists(f"{output_dir}/flags.cfg") else None)
+  print(table(rows, 1 if recorded is None else recorded.config.trials))
   print()
   print(claims_table(rows))
 

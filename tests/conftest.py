@@ -158,12 +158,12 @@ TINY_CONFIG = dict(model="lenet300_100", dataset="mnist", rounds=3, iterations=1
 
 @pytest.fixture(scope="session")
 def tiny_config():
-  """``tiny_config(**overrides)``: experiment.Config of TINY_CONFIG with ``overrides``,
+  """``tiny_config(**overrides)``: config.Config of TINY_CONFIG with ``overrides``,
   validated (a bad setting raises ConfigError here)."""
-  from lth_tf import experiment
+  from lth_tf import config
 
   def build(**overrides):
-    return experiment.Config(**{**TINY_CONFIG, **overrides}).validate()
+    return config.Config(**{**TINY_CONFIG, **overrides}).validate()
   return build
 
 
@@ -197,9 +197,9 @@ def stage_recorder():
 
 def load_mask(out, arm, r, trial=0):
   """The masks.npz of one stage of the experiment in ``out``."""
-  from lth_tf import artifacts, experiment, masks
+  from lth_tf import artifacts, layout, masks
   return masks.from_bytes(
-      artifacts.read_bytes(f"{experiment.stage_dir(out, arm, trial, r)}/masks.npz"))
+      artifacts.read_bytes(f"{layout.stage_dir(out, arm, trial, r)}/masks.npz"))
 
 
 # ---- networks and training rounds outside the experiment loop --------------------------------
@@ -290,7 +290,7 @@ def fake_rows():
 def fake_experiment(output_dir):
   """Writes a finished 2-trial, 3-round ticket + reinit experiment (flags.cfg, results.csv,
   every stage's metrics.json) to ``output_dir``, without training anything; returns its rows."""
-  from lth_tf import artifacts, experiment
+  from lth_tf import artifacts, layout
   rows = [fake_row(*key) for key in ITERATIONS]
   artifacts.write_bytes(f"{output_dir}/flags.cfg",
                         "--model=lenet300_100\n--dataset=mnist\n--trials=2\n")
@@ -301,15 +301,13 @@ def fake_experiment(output_dir):
              for i in (100, 200, 300)]
     layers = {"fc1": 0.8**row["round"], "fc2": 0.8**row["round"], "output": 0.9**row["round"]}
     artifacts.write_json(
-        f"{experiment.stage_dir(output_dir, row['arm'], row['trial'], row['round'])}/metrics.json",
+        f"{layout.stage_dir(output_dir, row['arm'], row['trial'], row['round'])}/metrics.json",
         dict(row, layer_weights_remaining=layers, curve=curve))
   return rows
 
 
-def flags_text(cfg, output_dir, **extra):
-  """flags.cfg as lth_tf.main writes it for ``cfg`` (experiment.run alone writes none), with
-  ``extra`` flags after the Config's fields."""
-  import dataclasses
-  values = dict(dataclasses.asdict(cfg), output_dir=output_dir, **extra)
-  return "".join(f"--{k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}\n"
-                 for k, v in values.items())
+def flags_text(cfg, output_dir, **runtime):
+  """flags.cfg as lth_tf.main writes it for ``cfg`` (experiment.run alone writes none) and
+  the config.Runtime of ``runtime``."""
+  from lth_tf import config
+  return config.FlagsFile(cfg, config.Runtime(**runtime), output_dir).text()

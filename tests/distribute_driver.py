@@ -24,7 +24,7 @@ from conftest import synthetic_splits  # noqa: E402
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from lth_tf import (artifacts, config, data, distribute, executor, experiment, masks,  # noqa: E402
+from lth_tf import (artifacts, config, data, distribute, executor, experiment, layout, masks,  # noqa: E402
                     models, ticket, training)
 
 
@@ -93,7 +93,7 @@ def main(out):
   assert strategy.num_replicas_in_sync == 2, strategy.extended.worker_devices
   splits = synthetic_splits()
   step = one_step(strategy, splits)
-  cfg = experiment.Config(
+  cfg = config.Config(
       model="lenet300_100", dataset="mnist", rounds=1, iterations=80, batch_size=30,
       learning_rate=1.2e-3, eval_every=40, prune_rate_conv=0.0, prune_rate_fc=0.5,
       prune_rate_output=0.25, controls=("reinit",), trials=1, seed=3)
@@ -102,10 +102,10 @@ def main(out):
                         export=True, checkpoint_every=40)
   default_rows = experiment.run(cfg, f"{out}/default", splits, jit_compile=False)
 
-  theta0 = artifacts.read_weights(experiment.theta0_path(f"{out}/mirrored", 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(f"{out}/mirrored", 0))
   checked = dict(stages=0, replica_copies=0)
   for (arm, t, r), start, end in zip(cfg.stages(), recorder.starts, recorder.ends):
-    saved = experiment.stage_dir(f"{out}/mirrored", arm, t, r)
+    saved = layout.stage_dir(f"{out}/mirrored", arm, t, r)
     mask = masks.from_bytes(artifacts.read_bytes(f"{saved}/masks.npz"))
     for name, m in mask.items():
       for copy in range(2):
@@ -129,14 +129,14 @@ def main(out):
   job = executor.Job(cfg, f"{out}/worker", runtime=config.Runtime(
       threads=1, xla=False, strategy="mirrored", cpu_devices=2))
   worker_row = executor.StageWorker(job).run(("ticket", 0, 0))
-  short = experiment.Config(**{**cfg.__dict__, "rounds": 1, "controls": ()})
+  short = config.Config(**{**cfg.__dict__, "rounds": 1, "controls": ()})
   try:
     experiment.run(short, f"{out}/worker", splits, strategy=strategy, checkpoint_every=40,
                    callbacks=[InterruptAt(1)])
     raise AssertionError("not interrupted")
   except Interrupt:
     pass
-  assert artifacts.exists(f"{experiment.stage_dir(f'{out}/worker', 'ticket', 0, 1)}/checkpoint")
+  assert artifacts.exists(f"{layout.stage_dir(f'{out}/worker', 'ticket', 0, 1)}/checkpoint")
   resumed = experiment.run(short, f"{out}/worker", splits, strategy=strategy, checkpoint_every=40)
   assert {k: worker_row[k] for k in rows[0]} == rows[0], (worker_row, rows[0])
   assert resumed == rows[:2], (resumed, rows[:2])  # bit-identical floats

@@ -101,10 +101,9 @@ def test_readme_example_runs_resumes_and_leaves_the_command_lines_folder(tmp_pat
     main.FLAGS(["lth_tf.main", "--model=lenet300_100", "--dataset=fashion_mnist", "--rounds=1",
                 "--iterations=200", "--manual_dir=../shared/datasets/fashion_mnist",
                 f"--output_dir={out}"])
-    values = main.resolved_flags()
-    text = main.flagfile_text(values, str(out))
-    assert (out / "flags.cfg").read_text() == text
-    main.check_output_dir(str(out), values, text)
+    recorded = main.flags_file()
+    assert (out / "flags.cfg").read_text() == recorded.text()
+    main.check_output_dir(recorded)
   finally:
     main.FLAGS.unparse_flags()
 
@@ -115,7 +114,7 @@ def cli_config(*args):
   main.FLAGS.unparse_flags()
   try:
     main.FLAGS(["lth_tf.main", *args])
-    return main.config_from(main.resolved_flags())
+    return main.flags_file().config
   finally:
     main.FLAGS.unparse_flags()
 
@@ -176,7 +175,7 @@ def test_load_resolves_an_older_flags_cfg_as_a_rerun_would(tmp_path):
     main.FLAGS(["lth_tf.main", "--model=conv2", "--rounds=3", "--iterations=200",
                 "--prune_rate_fc=0.3", "--controls=reinit,random_prune", "--trials=2",
                 "--pruning=global"])
-    (tmp_path / "flags.cfg").write_text(main.flagfile_text(main.resolved_flags(), "x"))
+    (tmp_path / "flags.cfg").write_text(main.flags_file("x").text())
   finally:
     main.FLAGS.unparse_flags()
   assert lth_tf.load(tmp_path).config == exp.config

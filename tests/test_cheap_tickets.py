@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import load_mask
-from lth_tf import artifacts, data, experiment, masks, models, pruning, saliency, ticket
+from lth_tf import artifacts, data, experiment, layout, masks, models, pruning, saliency, ticket
 
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
@@ -14,7 +14,7 @@ def test_pruning_at_init_meets_targets_and_trains_from_theta0(method, tmp_path, 
   out = str(tmp_path)
   recorder = stage_recorder()
   rows = experiment.run(cfg, out, splits, callbacks=[recorder])
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   pooled = 784 * 300 + 300 * 100
   for r in (1, 2):
     mask = load_mask(out, "ticket", r)
@@ -28,7 +28,7 @@ def test_pruning_at_init_meets_targets_and_trains_from_theta0(method, tmp_path, 
     model = ticket.wrap(models.build("lenet300_100", (28, 28, 1)))
     ticket.set_weights(model, theta0)
     rows_ = data.batch_indices(
-        len(splits.train_x), 30, 2, experiment.derive_seed(cfg.seed, 0, "score")).ravel()
+        len(splits.train_x), 30, 2, layout.derive_seed(cfg.seed, 0, "score")).ravel()
     scores = saliency.snip_scores(model, splits.train_x[rows_], splits.train_y[rows_], 2, 30)
     sizes = {n: s.size for n, s in scores.items()}
     targets = pruning.global_targets(sizes, ["fc1", "fc2"], 0.5, {"output": 0.25, "fc1": 0.5, "fc2": 0.5}, 1)
@@ -42,7 +42,7 @@ def test_early_bird_records_settled_masks_during_the_dense_round(tmp_path, split
                     eb_window=3, eb_epsilon=0.2)
   out = str(tmp_path)
   rows = experiment.run(cfg, out, splits)
-  found = artifacts.read_json(experiment.early_bird_path(out, 0))
+  found = artifacts.read_json(layout.early_bird_path(out, 0))
   assert set(found) == {"1", "2"}
   for r in (1, 2):
     assert found[str(r)] % 40 == 0 and 3 * 40 <= found[str(r)] <= 400

@@ -19,10 +19,10 @@ import pytest
 import tf_keras as keras
 
 from conftest import REPO, TINY_ARGS, flags_text
-from lth_tf import artifacts, experiment, masks, plot, training
+from lth_tf import artifacts, config, experiment, fixes, layout, masks, network, plot, stage_graph, training
 from lth_tf.study import common, properties
 
-CFG = experiment.Config(model="lenet300_100", dataset="mnist", rounds=1, iterations=40,
+CFG = config.Config(model="lenet300_100", dataset="mnist", rounds=1, iterations=40,
                         batch_size=30, learning_rate=1.2e-3, eval_every=20, prune_rate_conv=0.0,
                         prune_rate_fc=0.5, prune_rate_output=0.25, controls=("reinit",), seed=3)
 
@@ -63,7 +63,7 @@ def interrupted(tmp_path_factory, splits):
   out = str(tmp_path_factory.mktemp("interrupted") / "exp")
   with pytest.raises(Killed):
     experiment.run(CKPT_CFG, out, splits, checkpoint_every=20, callbacks=[StopAt(40)])
-  assert os.path.exists(f"{experiment.stage_dir(out, 'ticket', 0, 0)}/checkpoint/ckpt-20.index")
+  assert os.path.exists(f"{layout.stage_dir(out, 'ticket', 0, 0)}/checkpoint/ckpt-20.index")
   return out
 
 
@@ -295,7 +295,7 @@ def test_corrupt_checkpoint_names_the_folder_to_delete(tmp_path, interrupted, sp
                                                        tamper, problem):
   out = str(tmp_path / "exp")
   shutil.copytree(interrupted, out)
-  folder = f"{experiment.stage_dir(out, 'ticket', 0, 0)}/checkpoint"
+  folder = f"{layout.stage_dir(out, 'ticket', 0, 0)}/checkpoint"
   path = f"{folder}/{relpath}"
   tamper(path)
   before = tree_hashes(out, skip=path)
@@ -323,34 +323,34 @@ def test_fixes_of_files_the_dense_round_records(tmp_path):
                                  f"experiment's command: the dense round records it again")
   cfg = dataclasses.replace(CFG, trials=3, pruning="early_bird", eb_window=2)
   for stage in [("ticket", 2, 0), ("ticket", 2, 1), ("reinit", 2, 1)]:
-    artifacts.write_json(f"{experiment.stage_dir(out, *stage)}/metrics.json", {})
-  message = str(experiment.explain(e.value, cfg))
+    artifacts.write_json(f"{layout.stage_dir(out, *stage)}/metrics.json", {})
+  message = str(fixes.explain(e.value, cfg))
   assert message.endswith("the dense round records it again; the 2 finished stage(s) of trial "
                           "2 built on the dense round stay valid only if the rerun reproduces "
                           "it bit for bit (same machine, libraries and --threads): otherwise "
                           "delete them too"), message
   # an early-bird ticket's mask is the dense round's: both folders go
-  mask_error = artifacts.CorruptFileError(f"{experiment.stage_dir(out, 'ticket', 2, 1)}/masks.npz",
+  mask_error = artifacts.CorruptFileError(f"{layout.stage_dir(out, 'ticket', 2, 1)}/masks.npz",
                                           "not an npz file")
-  message = str(experiment.explain(mask_error, cfg))
+  message = str(fixes.explain(mask_error, cfg))
   assert (f"delete {out}/ticket/trial_2/round_0 and {out}/ticket/trial_2/round_1 and rerun the "
           f"experiment's command to retrain the dense round") in message, message
   weights_error = artifacts.CorruptFileError(
-      f"{experiment.stage_dir(out, 'ticket', 2, 1)}/weights.npz", "not an npz file")
+      f"{layout.stage_dir(out, 'ticket', 2, 1)}/weights.npz", "not an npz file")
   assert "(not its masks.npz, which the dense round recorded)" in str(
-      experiment.explain(weights_error, cfg))
+      fixes.explain(weights_error, cfg))
 
 
 def test_what_retraining_a_stage_may_change():
   # IMP: later ticket rounds are pruned from its training, and their controls with them; its
   # own round's controls need only its mask, which IMP recomputes exactly.
   cfg = dataclasses.replace(CFG, rounds=3, controls=("reinit", "random_prune"))
-  later = experiment.changed_by_retraining(cfg, [("ticket", 0, 1)])
+  later = stage_graph.changed_by_retraining(cfg, [("ticket", 0, 1)])
   assert later == {(a, 0, r) for r in (2, 3) for a in ("ticket", "reinit", "random_prune")}
-  assert experiment.changed_by_retraining(cfg, [("reinit", 0, 1)]) == set()
+  assert stage_graph.changed_by_retraining(cfg, [("reinit", 0, 1)]) == set()
   # SNIP's masks come from TensorFlow: a rerun elsewhere may change them, so the controls go.
   snip = dataclasses.replace(cfg, pruning="snip")
-  assert experiment.changed_by_retraining(snip, [("ticket", 0, 1)]) == {
+  assert stage_graph.changed_by_retraining(snip, [("ticket", 0, 1)]) == {
       ("reinit", 0, 1), ("random_prune", 0, 1)}
 
 
@@ -358,7 +358,7 @@ def test_masks_and_weights_files_lth_tf_writes_still_read(finished):
   shapes = {n: s for n, (s, _) in CFG.kernel_shapes().items()}
   mask = artifacts.read_mask(f"{finished}/{T0}/round_1/masks.npz", shapes)
   assert set(mask) == {"fc1", "fc2", "output"} and mask["fc1"].dtype == np.float32
-  theta0 = artifacts.read_weights(f"{finished}/{T0}/theta0.npz", experiment.weight_shapes(CFG))
+  theta0 = artifacts.read_weights(f"{finished}/{T0}/theta0.npz", network.weight_shapes(CFG))
   assert [a.shape for a in theta0["fc1"]] == [(784, 300), (300,)]
   assert masks.from_bytes(masks.to_bytes(mask)).keys() == mask.keys()
 

@@ -3,7 +3,7 @@ rewind and one-shot), the checks that an order respects it, and the order the Ra
 ready stages in (the critical path first)."""
 import pytest
 
-from lth_tf import experiment
+from lth_tf import experiment, stage_graph
 
 
 def _expected(cfg, ticket_needs):
@@ -35,20 +35,20 @@ def _expected(cfg, ticket_needs):
         "snip", "grasp", "synflow", "early_bird"])
 def test_dependencies_are_exactly_what_each_stage_reads(kw, ticket_needs, tiny_config):
   cfg = tiny_config(trials=2, controls=("reinit", "random_prune", "sign_constant"), **kw)
-  deps = experiment.dependencies(cfg)
+  deps = stage_graph.dependencies(cfg)
   assert deps == _expected(cfg, ticket_needs)
-  assert experiment.stage_order(cfg) == cfg.stages()  # the local loop's order is topological
+  assert stage_graph.stage_order(cfg) == cfg.stages()  # the local loop's order is topological
   assert all(t == d[1] for (_, t, _), needs in deps.items() for d in needs)  # within a trial
 
 
 def test_check_order_rejects_a_stage_before_its_needs(tiny_config):
   cfg = tiny_config(trials=1, rounds=1, controls=("reinit",))
-  deps = experiment.dependencies(cfg)
+  deps = stage_graph.dependencies(cfg)
   with pytest.raises(ValueError, match="before"):
-    experiment.check_order([("ticket", 0, 0), ("reinit", 0, 1), ("ticket", 0, 1)], deps)
+    stage_graph.check_order([("ticket", 0, 0), ("reinit", 0, 1), ("ticket", 0, 1)], deps)
   with pytest.raises(ValueError, match="missing"):
-    experiment.check_order([("ticket", 0, 0), ("ticket", 0, 1)], deps)
-  experiment.check_order([("ticket", 0, 0), ("ticket", 0, 1), ("reinit", 0, 1)], deps)
+    stage_graph.check_order([("ticket", 0, 0), ("ticket", 0, 1)], deps)
+  stage_graph.check_order([("ticket", 0, 0), ("ticket", 0, 1), ("reinit", 0, 1)], deps)
 
 
 def test_a_stage_needing_theta_k_refuses_to_run_before_the_dense_round(tmp_path, splits,
@@ -65,6 +65,6 @@ def test_critical_path_order_puts_the_ticket_chain_before_the_controls(tiny_conf
   needs, in the local loop's order."""
   from lth_tf import executor
   cfg = tiny_config(rounds=3, trials=1, controls=("reinit", "random_prune"), iterations=40)
-  order = executor.critical_path_order(cfg.stages(), experiment.dependencies(cfg))
+  order = executor.critical_path_order(cfg.stages(), stage_graph.dependencies(cfg))
   assert order[:4] == [("ticket", 0, 0), ("ticket", 0, 1), ("ticket", 0, 2), ("ticket", 0, 3)]
   assert order[4:] == [s for s in cfg.stages() if s[0] != "ticket"]

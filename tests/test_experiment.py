@@ -4,19 +4,19 @@ import pytest
 import tf_keras as keras
 
 from conftest import accuracy, load_mask, u_shaped
-from lth_tf import artifacts, environment, experiment, masks, pruning
+from lth_tf import artifacts, config, environment, experiment, layout, masks, network, pruning
 
 
 def perturbed_theta0(cfg, out, shape, scale=0.05, seed=7):
   """Writes θ0 for trial 0 with nonzero biases (the initializer's are zero), before the run
   loads it: biases that pruning, masking or rewinding must leave alone, some of them below any
   pruning threshold. Returns it."""
-  theta0 = experiment.initial_weights(cfg, experiment.theta0_seed(cfg, 0), shape)
+  theta0 = network.initial_weights(cfg, layout.theta0_seed(cfg, 0), shape)
   rng = np.random.default_rng(seed)
   for arrays in theta0.values():
     bias = rng.normal(0.0, scale, arrays[1].shape).astype(arrays[1].dtype)
     arrays[1] = np.where(bias == 0, scale, bias)
-  artifacts.write_weights(experiment.theta0_path(out, 0), theta0)
+  artifacts.write_weights(layout.theta0_path(out, 0), theta0)
   return theta0
 
 
@@ -25,7 +25,7 @@ def finished(tmp_path_factory, splits, tiny_config, stage_recorder):
   """Three rounds with both controls, from a θ0 with nonzero biases, with the output layer's
   rate resolved as lth_tf.main resolves its default (half the fc rate)."""
   out = str(tmp_path_factory.mktemp("exp"))
-  cfg = tiny_config(prune_rate_output=experiment.paper_output_rate("lenet300_100", 0.5))
+  cfg = tiny_config(prune_rate_output=config.paper_output_rate("lenet300_100", 0.5))
   perturbed_theta0(cfg, out, splits.train_x.shape[1:])
   recorder = stage_recorder(finals=True)
   rows = experiment.run(cfg, out, splits, callbacks=[recorder])
@@ -40,7 +40,7 @@ def test_every_stage_writes_its_files_and_a_row(finished):
   csv = artifacts.read_results(f"{out}/results.csv")
   assert len(csv) == len(rows)
   for arm, t, r in cfg.stages():
-    d = experiment.stage_dir(out, arm, t, r)
+    d = layout.stage_dir(out, arm, t, r)
     for f in ("masks.npz", "weights.npz", "metrics.json"):
       assert artifacts.exists(f"{d}/{f}"), (d, f)
     recorded = artifacts.read_json(f"{d}/metrics.json")["environment"]
@@ -58,9 +58,9 @@ def test_environment_differences_name_what_changed(finished, tmp_path):
   assert environment.differences(older, here) == [
       f"cpu_features: [] -> {here['cpu_features']}", f"tensorflow: 2.20.0 -> {here['tensorflow']}"]
   assert main.warn_if_environment_differs(cfg, out) == []  # this process wrote it
-  path = f"{experiment.stage_dir(out, 'ticket', 0, 0)}/metrics.json"
+  path = f"{layout.stage_dir(out, 'ticket', 0, 0)}/metrics.json"
   copy = str(tmp_path / "exp")
-  artifacts.write_json(f"{experiment.stage_dir(copy, 'ticket', 0, 0)}/metrics.json",
+  artifacts.write_json(f"{layout.stage_dir(copy, 'ticket', 0, 0)}/metrics.json",
                        dict(artifacts.read_json(path), environment=older))
   assert main.warn_if_environment_differs(cfg, copy) == environment.differences(older, here)
   assert main.warn_if_environment_differs(cfg, str(tmp_path / "empty")) is None
@@ -85,7 +85,7 @@ def test_masks_nest_and_sparsity_follows_one_minus_p_to_the_r(finished):
 
 def test_ticket_starts_each_round_exactly_at_theta0_times_mask(finished):
   cfg, out, _, recorder = finished
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   stages = cfg.stages()
   for (arm, _, r), (weights, mask) in zip(stages, recorder.starts):
     if arm != "ticket":
@@ -102,7 +102,7 @@ def test_masks_stay_fixed_and_pruned_weights_end_at_zero(finished):
                                                     recorder.end_masks):
     for n in start_mask:
       np.testing.assert_array_equal(start_mask[n], end_mask[n])
-    d = experiment.stage_dir(out, arm, t, r)
+    d = layout.stage_dir(out, arm, t, r)
     trained = artifacts.read_weights(f"{d}/weights.npz")
     saved = masks.from_bytes(artifacts.read_bytes(f"{d}/masks.npz"))
     for n, m in saved.items():
@@ -112,7 +112,7 @@ def test_masks_stay_fixed_and_pruned_weights_end_at_zero(finished):
 
 def test_reinit_shares_the_mask_but_not_theta0(finished):
   cfg, out, _, recorder = finished
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   starts = dict(zip(cfg.stages(), recorder.starts))
   for r in range(1, cfg.rounds + 1):
     t_weights, t_mask = starts[("ticket", 0, r)]
@@ -131,7 +131,7 @@ def test_reinit_shares_the_mask_but_not_theta0(finished):
 
 def test_random_prune_has_ticket_counts_at_random_positions_on_theta0(finished):
   cfg, out, _, recorder = finished
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   starts = dict(zip(cfg.stages(), recorder.starts))
   for r in range(1, cfg.rounds + 1):
     t_mask = starts[("ticket", 0, r)][1]
@@ -148,7 +148,7 @@ def test_early_stop_is_argmin_of_logged_validation_loss(finished):
   cfg, out, rows, _ = finished
   for row in rows:
     m = artifacts.read_json(
-        f"{experiment.stage_dir(out, row['arm'], row['trial'], row['round'])}/metrics.json")
+        f"{layout.stage_dir(out, row['arm'], row['trial'], row['round'])}/metrics.json")
     curve = m["curve"]
     assert [p["iteration"] for p in curve] == list(range(40, 121, 40))
     best = min(range(len(curve)), key=lambda i: curve[i]["val_loss"])
@@ -172,9 +172,9 @@ def test_learning_happens(finished):
 
 
 def test_seeds_are_pure_functions_of_their_parts():
-  assert experiment.derive_seed(0, 1, "reinit", 2) == experiment.derive_seed(0, 1, "reinit", 2)
-  assert experiment.derive_seed(0, 1, "reinit", 2) != experiment.derive_seed(0, 1, "reinit", 3)
-  assert experiment.derive_seed(0, 1, "init") != experiment.derive_seed(0, 2, "init")
+  assert layout.derive_seed(0, 1, "reinit", 2) == layout.derive_seed(0, 1, "reinit", 2)
+  assert layout.derive_seed(0, 1, "reinit", 2) != layout.derive_seed(0, 1, "reinit", 3)
+  assert layout.derive_seed(0, 1, "init") != layout.derive_seed(0, 2, "init")
 
 
 class Interrupt(Exception):
@@ -204,7 +204,7 @@ def test_interrupted_round_resumes_from_checkpoint_bit_identically(tmp_path, spl
   # stage 3 is the ticket's round 2; stop it at its 3rd evaluation (iteration 120)
   with pytest.raises(Interrupt):
     experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[InterruptAt(3, 2)])
-  ckpt = f"{experiment.stage_dir(out, 'ticket', 0, 2)}/checkpoint"
+  ckpt = f"{layout.stage_dir(out, 'ticket', 0, 2)}/checkpoint"
   assert artifacts.exists(f"{ckpt}/checkpoint")  # the round left a checkpoint (iteration 80)
   recorder = stage_recorder()
   resumed = experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[recorder])
@@ -212,8 +212,8 @@ def test_interrupted_round_resumes_from_checkpoint_bit_identically(tmp_path, spl
   assert resumed == whole  # bit-identical rows, floats compared exactly
   assert not artifacts.exists(ckpt)  # checkpoints are deleted once a round is done
   for arm, t, r in cfg.stages():
-    a = artifacts.read_weights(f"{experiment.stage_dir(str(tmp_path / 'whole'), arm, t, r)}/weights.npz")
-    b = artifacts.read_weights(f"{experiment.stage_dir(out, arm, t, r)}/weights.npz")
+    a = artifacts.read_weights(f"{layout.stage_dir(str(tmp_path / 'whole'), arm, t, r)}/weights.npz")
+    b = artifacts.read_weights(f"{layout.stage_dir(out, arm, t, r)}/weights.npz")
     for n in a:
       np.testing.assert_array_equal(a[n][0], b[n][0])
 
@@ -223,7 +223,7 @@ def test_divergence_is_recorded_and_ends_the_trial_or_stops(tmp_path, splits, ti
   rows = experiment.run(cfg, str(tmp_path / "go"), splits)
   assert rows[0]["arm"] == "ticket" and rows[0]["diverged"] is True
   assert len(rows) == 1  # the ticket diverged at round 0: nothing can be pruned from it
-  m = artifacts.read_json(f"{experiment.stage_dir(str(tmp_path / 'go'), 'ticket', 0, 0)}/metrics.json")
+  m = artifacts.read_json(f"{layout.stage_dir(str(tmp_path / 'go'), 'ticket', 0, 0)}/metrics.json")
   last = m["curve"][-1]
   assert not (np.isfinite(last["loss"]) and np.isfinite(last["val_loss"]))
   finite = [np.isfinite(p["loss"]) and np.isfinite(p["val_loss"]) for p in m["curve"]]
@@ -240,7 +240,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, splits, tiny_config):
   out = str(tmp_path)
   with pytest.raises(Interrupt):
     experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[InterruptAt(0, 2)])
-  ckpt_dir = f"{experiment.stage_dir(out, 'ticket', 0, 0)}/checkpoint"
+  ckpt_dir = f"{layout.stage_dir(out, 'ticket', 0, 0)}/checkpoint"
   import glob
   for path in glob.glob(f"{ckpt_dir}/ckpt-*.data-*"):
     with open(path, "wb") as f:
@@ -261,9 +261,9 @@ SIZES = {"fc1": 784 * 300, "fc2": 300 * 100, "output": 100 * 10}
 def test_output_layer_defaults_to_half_the_fc_rate(finished):
   for model in ("lenet300_100", "conv2", "conv4", "conv6"):
     for fc in (0.2, 0.5, 0.4):
-      assert experiment.paper_output_rate(model, fc) == fc / 2
+      assert config.paper_output_rate(model, fc) == fc / 2
   for model in ("vgg19", "resnet20"):  # their papers leave the one dense layer unpruned
-    assert experiment.paper_output_rate(model, 0.2) == 0.0
+    assert config.paper_output_rate(model, 0.2) == 0.0
   cfg, out, _, _ = finished  # built with that default from --prune_rate_fc=0.5
   assert cfg.prune_rate_output == 0.25
   for r in range(1, cfg.rounds + 1):
@@ -277,7 +277,7 @@ def test_pruning_reads_the_final_trained_weights(finished):
   the early-stopping iteration's is tested on a round whose minimum comes earlier, below.)"""
   cfg, out, _, recorder = finished
   for (arm, t, r), final in zip(cfg.stages(), recorder.finals):
-    saved = artifacts.read_weights(f"{experiment.stage_dir(out, arm, t, r)}/weights.npz")
+    saved = artifacts.read_weights(f"{layout.stage_dir(out, arm, t, r)}/weights.npz")
     for n in final:
       for a, b in zip(saved[n], final[n]):
         np.testing.assert_array_equal(a, b)
@@ -288,10 +288,10 @@ def test_ticket_keeps_the_largest_magnitudes_of_the_previous_rounds_trained_surv
   r-1's survivors, k = round(n·(1-p)^r) at the paper's rates. Written here with numpy alone."""
   cfg, out, _, _ = finished
   rates = {"fc1": 0.5, "fc2": 0.5, "output": 0.25}
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   for r in range(1, cfg.rounds + 1):
     trained = artifacts.read_weights(
-        f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
+        f"{layout.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
     before, mask = load_mask(out, "ticket", r - 1), load_mask(out, "ticket", r)
     for n, rate in rates.items():
       w = trained[n][0].ravel()
@@ -310,19 +310,19 @@ def test_ticket_keeps_the_largest_magnitudes_of_the_previous_rounds_trained_surv
 
 def test_biases_start_at_theta0_train_and_are_never_masked_or_pruned(finished, splits):
   cfg, out, _, recorder = finished
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   assert all(np.all(arrays[1] != 0) for arrays in theta0.values())  # the fixture: none zero
   kernels = {n: theta0[n][0].shape for n in SIZES}
   for (arm, t, r), (start, start_mask), final in zip(cfg.stages(), recorder.starts,
                                                      recorder.finals):
-    d = experiment.stage_dir(out, arm, t, r)
+    d = layout.stage_dir(out, arm, t, r)
     saved = masks.from_bytes(artifacts.read_bytes(f"{d}/masks.npz"))
     # masks are the kernels' alone, in the file and in the model
     assert {n: m.shape for n, m in saved.items()} == kernels
     assert {n: m.shape for n, m in start_mask.items()} == kernels
     metrics = artifacts.read_json(f"{d}/metrics.json")
     if arm == "reinit":  # a fresh draw, biases included
-      expected = experiment.initial_weights(cfg, metrics["seeds"]["init"], splits.train_x.shape[1:])
+      expected = network.initial_weights(cfg, metrics["seeds"]["init"], splits.train_x.shape[1:])
     else:
       expected = theta0
     for n, arrays in start.items():
@@ -349,7 +349,7 @@ def memorised(tmp_path_factory, tiny_config, memorising_splits, weights_recorder
 
 def test_early_stop_row_is_the_validation_minimum_and_the_test_accuracy_there(memorised):
   out, splits, row, at = memorised
-  metrics = artifacts.read_json(f"{experiment.stage_dir(out, 'ticket', 0, 0)}/metrics.json")
+  metrics = artifacts.read_json(f"{layout.stage_dir(out, 'ticket', 0, 0)}/metrics.json")
   curve = metrics["curve"]
   best = u_shaped(curve)
   csv = artifacts.read_results(f"{out}/results.csv")
@@ -369,7 +369,7 @@ def test_early_stop_row_is_the_validation_minimum_and_the_test_accuracy_there(me
 def test_a_stage_saves_its_last_weights_not_its_early_stop_weights(memorised):
   """The next round is pruned from weights.npz: the weights training ended with."""
   out, _, _, at = memorised
-  d = experiment.stage_dir(out, "ticket", 0, 0)
+  d = layout.stage_dir(out, "ticket", 0, 0)
   curve = artifacts.read_json(f"{d}/metrics.json")["curve"]
   saved = artifacts.read_weights(f"{d}/weights.npz")
   last, early = at[curve[-1]["iteration"]], at[curve[u_shaped(curve)]["iteration"]]

@@ -226,11 +226,11 @@ def test_output_rate_defaults_to_half_the_fc_rate_given(model, fc, output):
   main.FLAGS.unparse_flags()
   try:
     main.FLAGS(["lth_tf.main", f"--model={model}", f"--prune_rate_fc={fc}"])
-    assert main.resolved_flags()["prune_rate_output"] == output
+    assert main.flags_file().config.prune_rate_output == output
     main.FLAGS.unparse_flags()
     main.FLAGS(["lth_tf.main", f"--model={model}", f"--prune_rate_fc={fc}",
                 "--prune_rate_output=0.05"])
-    assert main.resolved_flags()["prune_rate_output"] == 0.05
+    assert main.flags_file().config.prune_rate_output == 0.05
   finally:
     main.FLAGS.unparse_flags()
 
@@ -238,20 +238,20 @@ def test_output_rate_defaults_to_half_the_fc_rate_given(model, fc, output):
 # ---- Config.validate, the checks under the flags, names the flag too --------------------------
 
 def test_config_validation_names_the_flag(tiny_config):
-  from lth_tf import experiment
+  from lth_tf import config
   # tiny_config validates the Config it builds
-  with pytest.raises(experiment.ConfigError, match="--prune_rate_fc"):
+  with pytest.raises(config.ConfigError, match="--prune_rate_fc"):
     tiny_config(prune_rate_fc=1.0)
-  with pytest.raises(experiment.ConfigError, match="--iterations"):
+  with pytest.raises(config.ConfigError, match="--iterations"):
     tiny_config(iterations=10)
-  with pytest.raises(experiment.ConfigError, match="--controls"):
+  with pytest.raises(config.ConfigError, match="--controls"):
     tiny_config(controls=("bogus",))
-  with pytest.raises(experiment.ConfigError, match="--rounds"):
+  with pytest.raises(config.ConfigError, match="--rounds"):
     tiny_config(rounds=-1)
 
 
 def test_config_rejects_bad_optimizer_settings():
-  from lth_tf import experiment
+  from lth_tf import config
   base = dict(model="resnet20", dataset="cifar10", rounds=1, iterations=100, batch_size=8,
               learning_rate=0.1, eval_every=10, prune_rate_conv=0.2, prune_rate_fc=0.2,
               prune_rate_output=0.0)
@@ -259,12 +259,12 @@ def test_config_rejects_bad_optimizer_settings():
          "warmup_iterations": dict(warmup_iterations=-1), "lr_drops": dict(lr_drops=(48, 32)),
          "lr_drop_factor": dict(lr_drop_factor=0.0), "weight_decay": dict(weight_decay=-1e-4)}
   for flag, kw in bad.items():
-    with pytest.raises(experiment.ConfigError, match=f"^--{flag}=") as e:
-      experiment.Config(**base, **kw).validate()
+    with pytest.raises(config.ConfigError, match=f"^--{flag}=") as e:
+      config.Config(**base, **kw).validate()
     assert "\n" not in str(e.value)
-  with pytest.raises(experiment.ConfigError, match="--model=vgg19"):
-    experiment.Config(**{**base, "model": "vgg19", "dataset": "mnist"}).validate()
-  experiment.Config(**base, lr_drops=(500,), warmup_iterations=500).validate()  # past the end: ok
+  with pytest.raises(config.ConfigError, match="--model=vgg19"):
+    config.Config(**{**base, "model": "vgg19", "dataset": "mnist"}).validate()
+  config.Config(**base, lr_drops=(500,), warmup_iterations=500).validate()  # past the end: ok
 
 
 # ---- the paper's defaults per model, and the optimizer flags on the command line -------------
@@ -289,36 +289,34 @@ def parsed_flags():
 def test_paper_defaults_and_older_flags_cfg(parsed_flags, tmp_path):
   from lth_tf import artifacts
   main = parsed_flags("--model=resnet20")
-  values = main.resolved_flags()
-  assert {k: values[k] for k in ("dataset", "batch_size", "optimizer", "learning_rate",
-                                 "momentum", "warmup_iterations", "lr_drops", "weight_decay",
-                                 "iterations", "pruning", "prune_rate", "prune_rate_output",
-                                 "initializer")} == dict(
+  cfg = main.flags_file().config
+  assert {k: getattr(cfg, k) for k in ("dataset", "batch_size", "optimizer", "learning_rate",
+                                       "momentum", "warmup_iterations", "lr_drops",
+                                       "weight_decay", "iterations", "pruning", "prune_rate",
+                                       "prune_rate_output", "initializer")} == dict(
       dataset="cifar10", batch_size=128, optimizer="sgd", learning_rate=0.1, momentum=0.9,
-      warmup_iterations=0, lr_drops=["32000", "48000"], weight_decay=1e-4, iterations=63000,
+      warmup_iterations=0, lr_drops=(32000, 48000), weight_decay=1e-4, iterations=63000,
       pruning="global", prune_rate=0.2, prune_rate_output=0.0, initializer="he_normal")
-  assert main.config_from(values).validate().lr_drops == (32000, 48000)
-  assert main.resolved_flags()["warmup_iterations"] == 0
-  assert parsed_flags("--model=vgg19").resolved_flags()["warmup_iterations"] == 10000
+  assert parsed_flags("--model=vgg19").flags_file().config.warmup_iterations == 10000
 
   # LeNet keeps the paper's Adam; a flags.cfg written before these flags existed still matches
   main = parsed_flags("--model=lenet300_100", "--iterations=200")
-  values = main.resolved_flags()
-  assert (values["optimizer"], values["lr_drops"], values["weight_decay"],
-          values["prune_rate_output"], values["pruning"]) == ("adam", [], 0.0, 0.1, "layerwise")
   out = str(tmp_path / "exp")
-  text = main.flagfile_text(values, out)
+  recorded = main.flags_file(out)
+  cfg = recorded.config
+  assert (cfg.optimizer, cfg.lr_drops, cfg.weight_decay, cfg.prune_rate_output,
+          cfg.pruning) == ("adam", (), 0.0, 0.1, "layerwise")
+  text = recorded.text()
   assert "--optimizer=adam\n" in text and "--lr_drops=\n" in text
   older = "".join(l + "\n" for l in text.splitlines() if not l.startswith(
       tuple(f"--{f}=" for f in NEW_FLAGS)))
   assert len(older.splitlines()) == len(text.splitlines()) - len(NEW_FLAGS)
   artifacts.write_bytes(f"{out}/flags.cfg", older)
-  main.check_output_dir(out, values, text)  # accepted: the new flags at their defaults
+  main.check_output_dir(recorded)  # accepted: the new flags at their defaults
   assert artifacts.read_bytes(f"{out}/flags.cfg").decode() == text
   with pytest.raises(main.UserError, match="--weight_decay"):
     other = parsed_flags("--model=lenet300_100", "--iterations=200", "--weight_decay=1e-4")
-    values = other.resolved_flags()
-    other.check_output_dir(out, values, other.flagfile_text(values, out))
+    other.check_output_dir(other.flags_file(out))
 
 
 @pytest.mark.parametrize("args,named", [

@@ -10,7 +10,7 @@ import pytest
 import tf_keras as keras
 
 from conftest import bn_weights, global_conv_mask, synthetic_splits
-from lth_tf import artifacts, experiment, masks, models, pruning, ticket
+from lth_tf import artifacts, config, experiment, layout, masks, models, pruning, ticket
 
 
 def test_paper_architectures_have_the_papers_parameter_counts():
@@ -92,7 +92,7 @@ def test_resnet20_has_272k_weights_and_projection_shortcuts(resnet20):
 
 def test_resnet20_experiment_global_pruning_sgd_schedule(tmp_path, stage_recorder):
   splits = synthetic_splits(256, 64, 64, shape=(32, 32, 3))
-  cfg = experiment.Config(
+  cfg = config.Config(
       model="resnet20", dataset="cifar10", rounds=1, iterations=20, batch_size=16,
       learning_rate=0.05, eval_every=10, prune_rate_conv=0.2, prune_rate_fc=0.2,
       prune_rate_output=0.0, controls=(), pruning="global", prune_rate=0.5, optimizer="sgd",
@@ -105,11 +105,11 @@ def test_resnet20_experiment_global_pruning_sgd_schedule(tmp_path, stage_recorde
   assert [(r["arm"], r["round"]) for r in rows] == [("ticket", 0), ("ticket", 1)]
   assert (tmp_path / "tb" / "summary").exists()
   assert (tmp_path / "ticket" / "trial_0" / "round_1" / "ticket" / "saved_model.pb").exists()
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   sizes = {n: k[0].size for n, k in theta0.items() if not n.startswith("bn")}
   convs = sum(s for n, s in sizes.items() if n != "output")
   for r, row in enumerate(rows):
-    d = experiment.stage_dir(out, "ticket", 0, r)
+    d = layout.stage_dir(out, "ticket", 0, r)
     mask = masks.from_bytes(artifacts.read_bytes(f"{d}/masks.npz"))
     assert set(mask) == set(sizes)  # batch norm is never masked
     kept = pruning.keep_count(convs, 0.5, r)

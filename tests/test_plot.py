@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO, fake_experiment, fake_row
-from lth_tf import artifacts, plot
+from lth_tf import artifacts, config, plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -52,9 +52,11 @@ def test_mean_curve_averages_trials_at_each_iteration():
 
 def test_title_names_model_dataset_and_trials(experiment_dir):
   rows = artifacts.read_results(f"{experiment_dir}/results.csv")
-  assert plot.title(plot.read_flags(str(experiment_dir)), rows) == "lenet300_100 on mnist, 2 trials"
-  assert plot.title({"model": "conv2", "dataset": "cifar10", "trials": "3"}, rows) == \
+  assert plot.title(plot.experiment_config(str(experiment_dir)), rows) == \
+      "lenet300_100 on mnist, 2 trials"
+  assert plot.title(config.paper_config("conv2", trials=3), rows) == \
       "conv2 on cifar10, 2 of 3 trials"
+  assert plot.title(None, rows) == "? on ?, 2 trials"  # flags.cfg gone
 
 
 def test_plot_experiment_writes_every_figure_as_png_and_pdf(experiment_dir):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_ARGS, error_line, needs_fashion, run_cli
-from lth_tf import artifacts, config, experiment
+from lth_tf import artifacts, config, experiment, layout, stage_graph
 
 try:
   import ray  # noqa: F401
@@ -34,7 +34,7 @@ class FakeRay:
   only to an idle worker."""
 
   def __init__(self, cfg, out, resources=None):
-    self.deps, self.out = experiment.dependencies(cfg), out
+    self.deps, self.out = stage_graph.dependencies(cfg), out
     self.resources = resources or {"CPU": 4.0, "GPU": 1.0}
     self.pending, self.results, self.submitted, self.waves, self.workers = [], {}, [], [], []
 
@@ -65,7 +65,7 @@ class FakeRay:
           def remote(self, stage):
             assert not actor.busy, "a stage given to a busy worker"
             for d in fake.deps[stage]:
-              assert artifacts.exists(f"{experiment.stage_dir(fake.out, *d)}/metrics.json"), (
+              assert artifacts.exists(f"{layout.stage_dir(fake.out, *d)}/metrics.json"), (
                   stage, d)
             actor.busy = True
             ref = len(fake.submitted)
@@ -151,8 +151,8 @@ def test_ray_driver_runs_stages_as_their_dependencies_finish(tmp_path, splits, f
   assert artifacts.read_bytes(f"{out}/results.csv") == artifacts.read_bytes(
       f"{tmp_path}/local/results.csv")
   for arm, t, r in cfg.stages():
-    a = artifacts.read_weights(f"{experiment.stage_dir(str(tmp_path / 'local'), arm, t, r)}/weights.npz")
-    b = artifacts.read_weights(f"{experiment.stage_dir(out, arm, t, r)}/weights.npz")
+    a = artifacts.read_weights(f"{layout.stage_dir(str(tmp_path / 'local'), arm, t, r)}/weights.npz")
+    b = artifacts.read_weights(f"{layout.stage_dir(out, arm, t, r)}/weights.npz")
     for n in a:
       np.testing.assert_array_equal(a[n][0], b[n][0])
   assert fake.opts == dict(num_cpus=2, num_gpus=0.5, max_restarts=-1,
@@ -195,7 +195,7 @@ def test_ray_gives_the_ticket_chain_priority_over_controls(tmp_path, fake_ray, t
   the chain of ticket rounds is the experiment's critical path."""
   from lth_tf import executor
   cfg = tiny_config(rounds=3, trials=1, controls=("reinit", "random_prune"), iterations=40)
-  deps = experiment.dependencies(cfg)
+  deps = stage_graph.dependencies(cfg)
   assert executor.critical_path_order(cfg.stages(), deps)[:4] == [
       ("ticket", 0, 0), ("ticket", 0, 1), ("ticket", 0, 2), ("ticket", 0, 3)]
   fake = fake_ray(cfg, str(tmp_path), resources={"CPU": 2.0})
@@ -210,7 +210,7 @@ def test_ray_worker_that_cannot_start_is_one_line(tmp_path, fake_ray, monkeypatc
   from lth_tf import executor
 
   def no_data(*args):
-    raise experiment.ConfigError("--dataset=mnist gave images of shape (2,), expected (28, 28, 1)")
+    raise config.ConfigError("--dataset=mnist gave images of shape (2,), expected (28, 28, 1)")
   monkeypatch.setattr(executor, "load_splits", no_data)
   cfg = tiny_config(rounds=1, trials=1, controls=(), iterations=40)
   fake_ray(cfg, str(tmp_path))
@@ -227,7 +227,7 @@ def test_ray_driver_reports_a_failed_stage_and_lets_the_running_ones_finish(tmp_
   from lth_tf import executor
   cfg = tiny_config(rounds=1, trials=2, controls=("reinit",), iterations=40)
   out = str(tmp_path)
-  artifacts.write_bytes(experiment.theta0_path(out, 1), b"garbage")
+  artifacts.write_bytes(layout.theta0_path(out, 1), b"garbage")
   fake = fake_ray(cfg, out)
   with pytest.raises(executor.ExecutorError) as e:
     executor.run_ray(_job(cfg, out))
@@ -358,8 +358,8 @@ def test_ray_resumes_a_local_run_survives_killed_workers_and_equals_local_byte_f
   assert "Traceback" not in text
   assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
   for arm, t, r in [("ticket", 1, 0), ("ticket", 1, 1), ("reinit", 1, 1)]:
-    a = artifacts.read_weights(f"{experiment.stage_dir(str(ref), arm, t, r)}/weights.npz")
-    b = artifacts.read_weights(f"{experiment.stage_dir(str(out), arm, t, r)}/weights.npz")
+    a = artifacts.read_weights(f"{layout.stage_dir(str(ref), arm, t, r)}/weights.npz")
+    b = artifacts.read_weights(f"{layout.stage_dir(str(out), arm, t, r)}/weights.npz")
     for n in a:
       np.testing.assert_array_equal(a[n][0], b[n][0])
   assert (out / "plots" / "test_accuracy.png").exists()

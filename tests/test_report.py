@@ -66,7 +66,7 @@ def test_report_cli_compare(tmp_path, fake_rows):
                                      capture_output=True, text=True, timeout=300)
   proc = run("--compare", str(tmp_path / "a"), str(tmp_path / "b"))
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.startswith("| round | % weights remaining | IMP (a): early-stop iteration")
+  assert proc.stdout.startswith("| round | % weights remaining | a: early-stop iteration")
   proc = run("--compare", str(tmp_path / "a"), str(tmp_path / "missing"))
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
       "lth_tf.report: error: --output_dir=")

@@ -4,7 +4,7 @@ import pytest
 import tf_keras as keras
 
 from conftest import load_mask
-from lth_tf import artifacts, experiment, masks, models, pruning, ticket
+from lth_tf import artifacts, config, experiment, layout, masks, models, pruning, ticket
 
 
 class WeightsAt(keras.callbacks.Callback):
@@ -38,7 +38,7 @@ def test_global_pruning_uses_one_threshold_and_keeps_output_rate(run_scheme):
   sizes = {"fc1": 784 * 300, "fc2": 300 * 100, "output": 1000}
   for r in (1, 2):
     mask = load_mask(out, "ticket", r)
-    prev = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
+    prev = artifacts.read_weights(f"{layout.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
     prev_mask = load_mask(out, "ticket", r - 1)
     assert mask["fc1"].sum() + mask["fc2"].sum() == pruning.keep_count(sizes["fc1"] + sizes["fc2"], 0.5, r)
     assert mask["output"].sum() == pruning.keep_count(1000, 0.25, r)
@@ -60,12 +60,12 @@ def test_global_pruning_prunes_at_its_own_rate_under_one_threshold(run_scheme):
   rate, half the fc rate."""
   fc = 0.2
   _, out, _, _ = run_scheme(pruning="global", prune_rate=0.35, prune_rate_fc=fc,
-                            prune_rate_output=experiment.paper_output_rate("lenet300_100", fc),
+                            prune_rate_output=config.paper_output_rate("lenet300_100", fc),
                             controls=())
   sizes = {"fc1": 784 * 300, "fc2": 300 * 100}
   for r in (1, 2):
     mask = load_mask(out, "ticket", r)
-    prev = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
+    prev = artifacts.read_weights(f"{layout.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
     prev_mask = load_mask(out, "ticket", r - 1)
     pooled = int(mask["fc1"].sum() + mask["fc2"].sum())
     assert pooled == pruning.keep_count(sum(sizes.values()), 0.35, r)
@@ -97,7 +97,7 @@ def test_global_output_layer_pools_the_output(run_scheme):
 
 def test_one_shot_prunes_the_dense_network_to_each_rounds_sparsity(run_scheme):
   cfg, out, rows, _ = run_scheme(one_shot=True, controls=())
-  dense = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, 0)}/weights.npz")
+  dense = artifacts.read_weights(f"{layout.stage_dir(out, 'ticket', 0, 0)}/weights.npz")
   sizes = {"fc1": 784 * 300, "fc2": 300 * 100, "output": 1000}
   rates = {"fc1": 0.5, "fc2": 0.5, "output": 0.25}
   for r in (1, 2):
@@ -118,8 +118,8 @@ def test_late_resetting_restores_exactly_theta_k(tmp_path, splits, tiny_config, 
   recorder = stage_recorder()
   experiment.run(cfg, out, splits, callbacks=[recorder, at_k])
   starts = dict(zip(cfg.stages(), recorder.starts))
-  theta_k = artifacts.read_weights(experiment.rewind_path(out, 0, 80))
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta_k = artifacts.read_weights(layout.rewind_path(out, 0, 80))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   for n in theta_k:
     np.testing.assert_array_equal(theta_k[n][0], at_k.weights[n][0])
     assert not np.array_equal(theta_k[n][0], theta0[n][0])
@@ -136,7 +136,7 @@ def test_late_resetting_restores_exactly_theta_k(tmp_path, splits, tiny_config, 
 def test_rewind_none_fine_tunes_the_previous_round(run_scheme):
   cfg, out, _, starts = run_scheme(rewind="none", controls=())
   for r in (1, 2):
-    prev = artifacts.read_weights(f"{experiment.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
+    prev = artifacts.read_weights(f"{layout.stage_dir(out, 'ticket', 0, r - 1)}/weights.npz")
     weights, mask = starts[("ticket", 0, r)]
     np.testing.assert_array_equal(weights["fc1"][0], prev["fc1"][0] * mask["fc1"])
 
@@ -165,7 +165,7 @@ def test_every_initializer_is_used(name):
 
 def test_reinit_control_draws_from_the_chosen_initializer(run_scheme):
   cfg, out, _, starts = run_scheme(initializer="he_uniform", controls=("reinit",), rounds=1)
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   weights, mask = starts[("reinit", 0, 1)]
   kept = weights["fc1"][0][mask["fc1"] > 0]
   assert np.abs(kept).max() <= np.sqrt(6 / 784)  # he_uniform's range
@@ -175,7 +175,7 @@ def test_reinit_control_draws_from_the_chosen_initializer(run_scheme):
 
 def test_sign_constant_control_keeps_signs_with_one_magnitude(run_scheme):
   cfg, out, _, starts = run_scheme(controls=("sign_constant",), rounds=1)
-  theta0 = artifacts.read_weights(experiment.theta0_path(out, 0))
+  theta0 = artifacts.read_weights(layout.theta0_path(out, 0))
   weights, mask = starts[("sign_constant", 0, 1)]
   np.testing.assert_array_equal(mask["fc1"], starts[("ticket", 0, 1)][1]["fc1"])
   for n in mask:
@@ -189,10 +189,10 @@ def test_same_init_shares_theta0_but_not_data_order(tmp_path, splits, tiny_confi
   cfg = tiny_config(rounds=0, controls=(), trials=2, same_init=True)
   out = str(tmp_path)
   experiment.run(cfg, out, splits)
-  a = artifacts.read_weights(experiment.theta0_path(out, 0))
-  b = artifacts.read_weights(experiment.theta0_path(out, 1))
+  a = artifacts.read_weights(layout.theta0_path(out, 0))
+  b = artifacts.read_weights(layout.theta0_path(out, 1))
   np.testing.assert_array_equal(a["fc1"][0], b["fc1"][0])
-  ma = artifacts.read_json(f"{experiment.stage_dir(out, 'ticket', 0, 0)}/metrics.json")
-  mb = artifacts.read_json(f"{experiment.stage_dir(out, 'ticket', 1, 0)}/metrics.json")
+  ma = artifacts.read_json(f"{layout.stage_dir(out, 'ticket', 0, 0)}/metrics.json")
+  mb = artifacts.read_json(f"{layout.stage_dir(out, 'ticket', 1, 0)}/metrics.json")
   assert ma["seeds"]["init"] == mb["seeds"]["init"] and ma["seeds"]["data"] != mb["seeds"]["data"]
   assert ma["curve"] != mb["curve"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, flags_text
-from lth_tf import artifacts, experiment, masks, models, ticket
+from lth_tf import artifacts, experiment, layout, masks, models, ticket
 from lth_tf.study import common, consistency, properties
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,7 +77,7 @@ def test_consistency_writes_rows_per_round_pair_and_layer_and_figures(study_exp,
     assert {r["label"] for r in rows} == {label}
     for r in rows:
       m0, m1 = (masks.from_bytes(artifacts.read_bytes(
-          f"{experiment.stage_dir(out, 'ticket', t, r['round'])}/masks.npz")) for t in (0, 1))
+          f"{layout.stage_dir(out, 'ticket', t, r['round'])}/masks.npz")) for t in (0, 1))
       a, b = (m0, m1) if r["layer"] == "all" else (m0[r["layer"]], m1[r["layer"]])
       assert r["jaccard"] == pytest.approx(masks.jaccard(a, b))
       assert r["overlap_ratio"] == pytest.approx(masks.overlap_ratio(a, b))
@@ -208,13 +208,13 @@ def test_properties_without_theta0_and_weights_files(study_exp, properties_rows,
   copy = tmp_path / "exp"
   shutil.copytree(out, copy, ignore=shutil.ignore_patterns("plots"))
   for trial in (0, 1):
-    os.remove(experiment.theta0_path(str(copy), trial))
+    os.remove(layout.theta0_path(str(copy), trial))
     theta0 = common.load(str(copy)).theta0(trial)
-    for n, ws in artifacts.read_weights(experiment.theta0_path(out, trial)).items():
+    for n, ws in artifacts.read_weights(layout.theta0_path(out, trial)).items():
       for a, b in zip(ws, theta0[n], strict=True):
         np.testing.assert_array_equal(a, b)
   lost = ("reinit", 1, 2)
-  os.remove(f"{experiment.stage_dir(str(copy), *lost)}/weights.npz")
+  os.remove(f"{layout.stage_dir(str(copy), *lost)}/weights.npz")
   properties.run(str(copy), splits=splits, jit_compile=False)
   assert common.read_csv(f"{copy}/study_properties.csv") == rows
   os.remove(f"{copy}/study_properties.csv")  # no previous values to fall back on

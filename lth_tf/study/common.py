@@ -12,31 +12,23 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from lth_tf import artifacts, config, experiment, study
+from lth_tf import artifacts, config, fixes, layout, network, study
 
 
 class StudyError(Exception):
   """A folder that cannot be studied; the message is one line naming the folder and the fix."""
 
 
-def parse_bool(text):
-  return str(text).strip().lower() in ("1", "true", "t", "yes", "y")
-
-
-def config_from_flags(values):
-  """flags.cfg values ({name: string}) -> its Config, resolved as lth_tf.main resolves them
-  (a flag missing from an older flags.cfg takes the default it had). ConfigError for values
-  that are not an experiment's; TypeError without --model."""
-  return config.paper_config(**config.settings_from_flags(values))
-
-
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   """An experiment folder as lth_tf.main left it."""
   output_dir: str
-  flags: dict  # flags.cfg as {name: value string}
-  cfg: experiment.Config
+  recorded: config.FlagsFile  # its flags.cfg: Config, Runtime, where its data came from
   rows: list  # results.csv rows: the finished stages
+
+  @property
+  def cfg(self):
+    return self.recorded.config
 
   @property
   def same_init(self):
@@ -57,22 +49,22 @@ class Experiment:
             and (round_ is None or r["round"] == round_)]
 
   def stage_dir(self, arm, trial, round_):
-    return experiment.stage_dir(self.output_dir, arm, trial, round_)
+    return layout.stage_dir(self.output_dir, arm, trial, round_)
 
   @functools.cached_property
   def weight_shapes(self):
     """{layer: [array shapes]} of the experiment's network: what its weight files hold."""
-    return experiment.weight_shapes(self.cfg)
+    return network.weight_shapes(self.cfg)
 
   def mask(self, arm, trial, round_):
     """The stage's masks.npz, checked against the network's prunable kernels."""
     shapes = {n: s for n, (s, _) in self.cfg.kernel_shapes().items()}
-    with experiment.explained(self.cfg):
+    with fixes.explained(self.cfg):
       return artifacts.read_mask(f"{self.stage_dir(arm, trial, round_)}/masks.npz", shapes)
 
   def weights(self, arm, trial, round_):
     """The stage's trained weights (weights.npz), {layer: [kernel, bias]}."""
-    with experiment.explained(self.cfg):
+    with fixes.explained(self.cfg):
       return artifacts.read_weights(f"{self.stage_dir(arm, trial, round_)}/weights.npz",
                                     self.weight_shapes)
 
@@ -81,18 +73,18 @@ class Experiment:
     return artifacts.exists(f"{self.stage_dir(arm, trial, round_)}/weights.npz")
 
   def metrics(self, arm, trial, round_):
-    with experiment.explained(self.cfg):
+    with fixes.explained(self.cfg):
       return artifacts.read_json(f"{self.stage_dir(arm, trial, round_)}/metrics.json")
 
   def rewind_weights(self, trial):
     """What tickets are reset to: θ0, or θ_k saved during the dense round (late resetting)."""
     if self.cfg.rewind != "iteration":
       return self.theta0(trial)
-    path = experiment.rewind_path(self.output_dir, trial, self.cfg.rewind_iteration)
+    path = layout.rewind_path(self.output_dir, trial, self.cfg.rewind_iteration)
     if not artifacts.exists(path):
       raise StudyError(f"--output_dir={self.output_dir}: {path} is missing; rerun lth_tf.main "
                        f"with the same flags to finish the dense round")
-    with experiment.explained(self.cfg):
+    with fixes.explained(self.cfg):
       return artifacts.read_weights(path, self.weight_shapes)
 
   def trained(self, arm, trial, round_):
@@ -105,15 +97,15 @@ class Experiment:
 
   def fresh_weights(self, seed):
     """The weights the experiment's initializer draws with ``seed``."""
-    return experiment.initial_weights(self.cfg, seed)
+    return network.initial_weights(self.cfg, seed)
 
   def theta0(self, trial):
     """θ0 of ``trial``: theta0.npz, or redrawn from its seed where that file is gone (weights
     stay out of git; the draw is a pure function of the seed, so it is the same θ0)."""
-    path = experiment.theta0_path(self.output_dir, trial)
+    path = layout.theta0_path(self.output_dir, trial)
     if artifacts.exists(path):
       return artifacts.read_weights(path, self.weight_shapes)
-    return experiment.initial_weights(self.cfg, experiment.theta0_seed(self.cfg, trial))
+    return network.initial_weights(self.cfg, layout.theta0_seed(self.cfg, trial))
 
   def resolve(self, path):
     """A path from flags.cfg, which is relative to the folder lth_tf.main ran in.
@@ -124,7 +116,7 @@ class Experiment:
     """
     if not path or os.path.isabs(path) or "://" in path:
       return path
-    recorded = self.flags.get("output_dir", "")
+    recorded = self.recorded.output_dir
     here = os.path.abspath(self.output_dir)
     if recorded and not os.path.isabs(recorded):
       tail = os.path.normpath(recorded)
@@ -141,18 +133,12 @@ def load(output_dir):
   problem = study.folder_problem(output_dir, tf.io.gfile.isdir, tf.io.gfile.exists)
   if problem:
     raise StudyError(problem)
-  flags_path, results_path = f"{output_dir}/flags.cfg", f"{output_dir}/results.csv"
-  values = artifacts.read_flagfile(flags_path)
-  try:
-    cfg = config_from_flags(values)
-  except (config.ConfigError, TypeError) as e:
-    raise StudyError(f"--output_dir={output_dir}: flags.cfg is not an experiment's settings "
-                     f"({e}); it was not written by lth_tf.main") from None
-  rows = artifacts.read_results(results_path)
+  recorded = artifacts.read_flags_file(output_dir)
+  rows = artifacts.read_results(f"{output_dir}/results.csv")
   if not any(r["arm"] == "ticket" for r in rows):
     raise StudyError(f"--output_dir={output_dir}: results.csv has no finished ticket round yet; "
                      f"let lth_tf.main finish at least round 0")
-  return Experiment(output_dir, values, cfg, rows)
+  return Experiment(output_dir, recorded, rows)
 
 
 def csv_text(columns, rows):

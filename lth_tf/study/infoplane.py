@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from lth_tf import artifacts, data, experiment, layout, masks, models, ticket, training
+from lth_tf import artifacts, data, layout, masks, models, network, ticket, training
 from lth_tf.study import common, properties
 from lth_tf.study.common import StudyError
 
@@ -111,9 +111,9 @@ def compute(exp, splits, round_, iterations=None, points=30, subset=5000, bins=3
                      f"(pass a finished round >= 1)")
   iterations = iterations or cfg.iterations
   model = ticket.wrap(models.build(cfg.model, splits.train_x.shape[1:], init=cfg.initializer))
-  trainer = experiment.make_trainer(cfg, model)
+  trainer = network.make_trainer(cfg, model)
   train = training.Split.of(splits.train_x, splits.train_y)
-  pick = np.random.default_rng(experiment.derive_seed(cfg.seed, "infoplane")).choice(
+  pick = np.random.default_rng(layout.derive_seed(cfg.seed, "infoplane")).choice(
       len(splits.train_x), min(subset, len(splits.train_x)), replace=False)
   subset_x, subset_y = tf.constant(splits.train_x[pick]), splits.train_y[pick]
   at = snapshot_iterations(iterations, points)

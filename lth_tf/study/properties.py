@@ -21,10 +21,9 @@ import math
 import numpy as np
 from absl import logging
 
-from lth_tf import artifacts, data, experiment, models, plot, ticket, training
+from lth_tf import artifacts, data, models, plot, ticket, training
 from lth_tf.arms import registry as arm_registry
 from lth_tf.study import common
-from lth_tf.study.common import StudyError
 
 COLUMNS = ("round", "weights_remaining", "arm", "trial", "layer", "metric", "value")
 MAGNITUDE_ARMS = ("ticket", "random_prune")  # arms whose mask differs (reinit: the ticket's)
@@ -109,8 +108,8 @@ class Evaluator:
 
 def load_test_split(exp, data_dir=None, manual_dir=None):
   """The dataset of ``exp`` (its --data_dir/--manual_dir from flags.cfg unless given)."""
-  data_dir = data_dir or exp.resolve(exp.flags.get("data_dir"))
-  manual_dir = manual_dir or exp.resolve(exp.flags.get("manual_dir"))
+  data_dir = data_dir or exp.resolve(exp.recorded.data_dir)
+  manual_dir = manual_dir or exp.resolve(exp.recorded.manual_dir)
   data.check_available(exp.cfg.dataset, data_dir, manual_dir)
   return data.load(exp.cfg.dataset, data_dir, manual_dir)
 
@@ -157,7 +156,7 @@ def compute(exp, splits, jit_compile=None, previous=None):
   """study_properties.csv rows of every finished stage of ``exp`` (``previous``: see
   stage_rows)."""
   if jit_compile is None:
-    jit_compile = common.parse_bool(exp.flags.get("xla", "True"))
+    jit_compile = exp.recorded.runtime.xla
   evaluator = Evaluator(exp.cfg, splits, jit_compile)
   rows, theta0 = [], {}
   lost = [(r["arm"], r["trial"], r["round"]) for r in exp.rows
@@ -209,7 +208,7 @@ def plot_init_magnitude(ax, rows):
 
 def write_figures(exp, rows):
   """The properties figures into ``exp``'s plots/; returns the paths."""
-  heading = plot.title(exp.flags, exp.rows)
+  heading = plot.title(exp.cfg, exp.rows)
   written = []
   fig = plot.new_figure(heading)
   plot_init_magnitude(fig.subplots(), rows)
