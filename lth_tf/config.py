@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 
-from lth_tf import architectures, data, pruning
+from lth_tf import architectures, data, distributions, pruning
 from lth_tf.arms import registry as arm_registry
 from lth_tf.methods import registry as method_registry
 
@@ -21,6 +21,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")  # lth_tf.distribu
 CONTROLS = arm_registry.CONTROLS  # the arms beside the ticket (lth_tf/arms)
 PRUNING = tuple(method_registry.METHODS)  # how ticket masks are found (lth_tf/methods)
 REWIND = ("init", "iteration", "none")
+DISTRIBUTIONS = tuple(distributions.SCORES)  # --distribution; "" (left out): per-kind rates
 
 PAPER_BATCH_SIZE = 60
 # Frankle & Carbin (ICLR 2019), Figure 2 and Appendix: dataset, iterations, Adam rate, rates.
@@ -124,7 +125,7 @@ RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learn
                 "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init",
                 "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
                 "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
-                "lr_drop_factor", "weight_decay", "strategy", "cpu_devices")
+                "lr_drop_factor", "weight_decay", "strategy", "cpu_devices", "distribution")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 LOCATION_FLAGS = ("data_dir", "manual_dir", "checkpoint_every")  # where, not what
 
@@ -290,6 +291,9 @@ class Config:
   lr_drops: tuple = ()  # iterations at which the learning rate is multiplied by lr_drop_factor
   lr_drop_factor: float = 0.1
   weight_decay: float = 0.0  # L2 on kernels
+  # How round r's overall density (1 - prune_rate)^r is split across the layers
+  # (lth_tf.distributions); "" for the paper's per-kind rates (prune_rate_conv, _fc, _output).
+  distribution: str = ""
 
   def __post_init__(self):
     self.validate()  # a Config that exists is a valid one
@@ -358,6 +362,13 @@ class Config:
       raise ConfigError(f"--controls={','.join(self.controls)} names a control twice; name "
                         f"each once")
     _check_name("pruning", self.pruning, PRUNING)
+    if self.distribution not in ("",) + DISTRIBUTIONS:
+      raise ConfigError(f"--distribution={self.distribution} is unknown; use one of "
+                        f"{', '.join(DISTRIBUTIONS)} (or leave it out for the per-kind rates)")
+    if self.distribution and self.global_output_layer:
+      raise ConfigError(f"--global_output_layer pools the output layer under one threshold; "
+                        f"--distribution={self.distribution} sets every layer's density, the "
+                        f"output layer's too: drop one of them")
     _check_name("rewind", self.rewind, REWIND)
     _check_name("optimizer", self.optimizer, OPTIMIZERS)
     _check_name("initializer", self.initializer, architectures.INITIALIZERS)
@@ -385,10 +396,13 @@ class Config:
     last = self.last_round()
     if self.rounds > last:
       names, size, rate = self.first_to_empty()
+      how = (f"at rate {rate:g} per round" if not self.distribution else
+             f"its --distribution={self.distribution} share of --prune_rate={self.prune_rate:g} "
+             f"per round")
       raise ConfigError(
-          f"--rounds={self.rounds} prunes {_group_label(names)} ({size:,} weights at rate {rate:g} "
-          f"per round) to fewer than one weight after round {last}; pass --rounds={last} or "
-          f"fewer, or a lower rate")
+          f"--rounds={self.rounds} prunes {_group_label(names)} ({size:,} weights {how}) to "
+          f"fewer than one weight after round {last}; pass --rounds={last} or fewer, or a "
+          f"lower rate")
     return self
 
   def kernel_shapes(self):
@@ -402,15 +416,35 @@ class Config:
     return [(names, sum(sizes[n] for n in names), rate)
             for names, rate in groups(self, sizes, {n: k for n, (_, k) in shapes.items()})]
 
+  def _distributed_last_round(self):
+    """(last round, the layer that empties after it) under --distribution: the round after
+    which every layer's share still rounds to one weight or more."""
+    shapes = {n: s for n, (s, _) in self.kernel_shapes().items()}
+    if self.prune_rate <= 0:
+      return math.inf, None
+    r = 0
+    while True:
+      after = distributions.raw_counts(self.distribution, shapes, (1 - self.prune_rate) ** (r + 1))
+      empty = [n for n, c in after.items() if c < 1]
+      if empty:
+        return r, empty[0]
+      r += 1
+
   def last_round(self):
     """The last round at which every pruned group of layers still keeps one weight or more
     (pruning.keep_count never lets a group reach zero: past this round it trains a group
     clamped at one weight, which measures nothing)."""
+    if self.distribution:
+      return self._distributed_last_round()[0]
     return min((_last_round(size, rate) for _, size, rate in self._groups()),
                default=math.inf)
 
   def first_to_empty(self):
-    """(layer names, size, rate) of the group that runs out of weights first."""
+    """(layer names, size, rate) of the group that runs out of weights first (under
+    --distribution, the rate is the overall --prune_rate)."""
+    if self.distribution:
+      layer = self._distributed_last_round()[1]
+      return (layer,), math.prod(self.kernel_shapes()[layer][0]), self.prune_rate
     return min(self._groups(), key=lambda g: _last_round(g[1], g[2]))
 
   def arms(self, round_):
@@ -489,9 +523,15 @@ def groups(cfg, sizes, kinds):
                                        if n not in pooled]
 
 
-def targets(cfg, sizes, kinds, round_):
+def targets(cfg, shapes, kinds, round_):
   """How many weights each group keeps after ``round_`` rounds: [((layer, ...), count)], the
-  targets pruning.prune takes."""
+  targets pruning.prune takes. ``shapes``: {layer: kernel shape}; ``kinds``: {layer: kind}.
+  With --distribution, every layer is its own group at its share of the overall density
+  (1 - --prune_rate)^round (lth_tf.distributions); else config.groups at their rates."""
+  if cfg.distribution:
+    counts = distributions.counts(cfg.distribution, shapes, (1.0 - cfg.prune_rate) ** round_)
+    return [((n,), c) for n, c in counts.items()]
+  sizes = {n: math.prod(s) for n, s in shapes.items()}
   return [(names, pruning.keep_count(sum(sizes[n] for n in names), rate, round_))
           for names, rate in groups(cfg, sizes, kinds)]
 

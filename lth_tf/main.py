@@ -65,7 +65,12 @@ flags.DEFINE_integer("score_batches", 1, "snip/grasp: batches scored at θ0.")
 flags.DEFINE_integer("synflow_iterations", 100, "synflow: pruning iterations per mask.")
 flags.DEFINE_float("eb_epsilon", 0.1, "early_bird: mask distance below which it has settled.")
 flags.DEFINE_integer("eb_window", 5, "early_bird: consecutive evaluations that must agree.")
-flags.DEFINE_float("prune_rate", None, "Global pruning's per-round rate (default: --prune_rate_fc).")
+flags.DEFINE_float("prune_rate", None, "Global pruning's per-round rate, and with "
+                   "--distribution the overall one (default: --prune_rate_fc).")
+flags.DEFINE_string("distribution", "", "Split round r's overall density (1 - --prune_rate)^r "
+                    f"across all prunable layers, the output layer included: "
+                    f"{', '.join(config.DISTRIBUTIONS)} (default: none, each layer at its "
+                    "kind's rate as in the paper).")
 flags.DEFINE_bool("global_output_layer", False, "Global pruning: pool the output layer too "
                   "(default: it keeps its own --prune_rate_output).")
 flags.DEFINE_bool("one_shot", False, "Prune round r straight from the dense network to round "

@@ -7,8 +7,6 @@ network the same way (a study redraws a lost θ0 bit for bit), without the loop 
 """
 import functools
 
-import numpy as np
-
 from lth_tf import artifacts, config, data, distribute, models, ticket
 
 
@@ -38,9 +36,9 @@ def round_targets(cfg, model, round_):
   """How many weights each group of ``model``'s prunable layers keeps after ``round_`` rounds:
   [((layer, ...), count)], the targets pruning.prune takes (config.groups says which groups)."""
   wrappers = ticket.wrappers(model)
-  sizes = {n: int(np.prod(w.pruning_vars[0][0].shape))  # shapes only: no copy of the values
-           for n, w in wrappers.items()}
-  return config.targets(cfg, sizes, {n: models.layer_kind(w.layer) for n, w in wrappers.items()},
+  shapes = {n: tuple(int(d) for d in w.pruning_vars[0][0].shape)  # no copy of the values
+            for n, w in wrappers.items()}
+  return config.targets(cfg, shapes, {n: models.layer_kind(w.layer) for n, w in wrappers.items()},
                         round_)
 
 

@@ -27,16 +27,17 @@ PAPER_RATES = dict(dataset="fashion_mnist", iterations=100, batch_size=60, learn
 
 @pytest.mark.parametrize("kw", [dict(), dict(pruning="global", prune_rate=0.35),
                                 dict(pruning="global", prune_rate=0.35, global_output_layer=True),
-                                dict(model="conv2", pruning="snip")])
+                                dict(model="conv2", pruning="snip"),
+                                dict(model="conv2", distribution="erk", prune_rate=0.3)])
 def test_the_loop_prunes_to_the_targets_the_checks_reason_about(kw, tiny_config):
   """network.round_targets (from the built model) and the checks (from shapes) agree."""
   cfg = tiny_config(**{**PAPER_RATES, **kw})
   model = ticket.wrap(models.build(cfg.model, data.SHAPES[cfg.dataset]))
   shapes = cfg.kernel_shapes()
-  sizes = {n: math.prod(s) for n, (s, _) in shapes.items()}
   kinds = {n: k for n, (_, k) in shapes.items()}
   for r in (0, 1, 5):
-    assert network.round_targets(cfg, model, r) == config.targets(cfg, sizes, kinds, r)
+    assert network.round_targets(cfg, model, r) == config.targets(
+        cfg, {n: s for n, (s, _) in shapes.items()}, kinds, r)
 
 
 def test_last_round_is_the_last_at_which_every_group_keeps_a_weight(tiny_config):

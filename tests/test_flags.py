@@ -53,6 +53,8 @@ BAD = {
     "eb_window": [("1", ()), ("0", ()), (HUGE, ("--pruning=early_bird",)), ("abc", ())],
     "prune_rate": [("-0.1", ()), ("1", ()), ("nan", ()), ("abc", ())],
     "global_output_layer": [("maybe", ())],
+    "distribution": [("erk2", ()), ("ERK", ()), ("erk", ("--pruning=global",)),
+                     ("erk", ("--global_output_layer",)), ("uniform", ("--rounds=60",))],
     "one_shot": [("maybe", ()), ("true", ("--rewind=none",)), ("true", ("--pruning=snip",))],
     "rewind": [("", ()), ("later", ())],
     "rewind_iteration": [("-1", ()), ("0", ("--rewind=iteration",)),

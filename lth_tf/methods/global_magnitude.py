@@ -10,5 +10,12 @@ class GlobalMagnitude(layerwise.Layerwise):
   label = "IMP (global)"
   pooled = True
 
+  def problems(self, cfg):
+    if cfg.distribution:
+      return (f"--pruning=global ranks the pooled layers under one threshold; "
+              f"--distribution={cfg.distribution} sets each layer's density: drop one of them "
+              f"(--pruning=layerwise --distribution={cfg.distribution} is IMP at those densities)")
+    return super().problems(cfg)
+
 
 FINDER = GlobalMagnitude()
