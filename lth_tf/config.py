@@ -125,7 +125,8 @@ RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learn
                 "global_output_layer", "one_shot", "rewind", "rewind_iteration", "same_init",
                 "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
                 "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
-                "lr_drop_factor", "weight_decay", "strategy", "cpu_devices", "distribution")
+                "lr_drop_factor", "weight_decay", "strategy", "cpu_devices", "distribution",
+                "structure")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 LOCATION_FLAGS = ("data_dir", "manual_dir", "checkpoint_every")  # where, not what
 
@@ -294,6 +295,9 @@ class Config:
   # How round r's overall density (1 - prune_rate)^r is split across the layers
   # (lth_tf.distributions); "" for the paper's per-kind rates (prune_rate_conv, _fc, _output).
   distribution: str = ""
+  # Which sets of weights a mask may keep: "" any (the paper's), "N:M" at most N of every M
+  # consecutive weights along a kernel's input axis (lth_tf.pruning.n_of_m).
+  structure: str = ""
 
   def __post_init__(self):
     self.validate()  # a Config that exists is a valid one
@@ -365,6 +369,22 @@ class Config:
     if self.distribution not in ("",) + DISTRIBUTIONS:
       raise ConfigError(f"--distribution={self.distribution} is unknown; use one of "
                         f"{', '.join(DISTRIBUTIONS)} (or leave it out for the per-kind rates)")
+    n_m = self.n_of_m()  # ConfigError for a structure that is not one
+    if n_m:
+      if not method_registry.get(self.pruning).structures:
+        raise ConfigError(f"--structure={self.structure} prunes by magnitude within groups of "
+                          f"{n_m[1]}; --pruning={self.pruning} does not: pass "
+                          f"--pruning=layerwise")
+      if self.distribution:
+        raise ConfigError(f"--structure={self.structure} keeps {n_m[0]} of every {n_m[1]} "
+                          f"weights in each layer; --distribution={self.distribution} sets "
+                          f"other densities: drop one of them")
+      if self.rounds > 1:
+        raise ConfigError(f"--structure={self.structure} has one sparsity ({n_m[0]} of every "
+                          f"{n_m[1]} weights), reached in round 1; pass --rounds=1")
+      if self.one_shot:
+        raise ConfigError(f"--structure={self.structure} prunes once, in round 1; drop "
+                          f"--one_shot (it changes nothing there)")
     if self.distribution and self.global_output_layer:
       raise ConfigError(f"--global_output_layer pools the output layer under one threshold; "
                         f"--distribution={self.distribution} sets every layer's density, the "
@@ -404,6 +424,31 @@ class Config:
           f"fewer than one weight after round {last}; pass --rounds={last} or fewer, or a "
           f"lower rate")
     return self
+
+  def n_of_m(self):
+    """(N, M) of --structure=N:M, or None for unstructured masks; ConfigError for a
+    --structure that is neither."""
+    if self.structure == "":
+      return None
+    fix = "pass N:M with 0 < N < M, e.g. 2:4 (or leave it out)"
+    if not isinstance(self.structure, str):
+      raise ConfigError(f"--structure={self.structure!r} is not N:M; {fix}")
+    parts = self.structure.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+      raise ConfigError(f"--structure={self.structure} is unknown; {fix}")
+    n, m = int(parts[0]), int(parts[1])
+    if not 0 < n < m:
+      raise ConfigError(f"--structure={self.structure} keeps {n} of every {m} weights; {fix}")
+    if m > MAX_STRUCTURE_M:
+      raise ConfigError(f"--structure={self.structure}: groups of {m} are more than "
+                        f"{MAX_STRUCTURE_M}; {fix}")
+    return n, m
+
+  def dense_under_structure(self):
+    """The prunable layers --structure=N:M leaves dense: those whose input axis (a Dense
+    kernel's rows, a convolution's input channels) is not a multiple of M."""
+    n_m = self.n_of_m()
+    return [] if not n_m else [n for n, (s, _) in self.kernel_shapes().items() if s[-2] % n_m[1]]
 
   def kernel_shapes(self):
     """{prunable layer: (kernel shape, kind)} of this experiment's network, without TF."""
@@ -523,6 +568,9 @@ def groups(cfg, sizes, kinds):
                                        if n not in pooled]
 
 
+MAX_STRUCTURE_M = 1024  # --structure=N:M: larger groups are unstructured pruning in all but name
+
+
 def targets(cfg, shapes, kinds, round_):
   """How many weights each group keeps after ``round_`` rounds: [((layer, ...), count)], the
   targets pruning.prune takes. ``shapes``: {layer: kernel shape}; ``kinds``: {layer: kind}.
@@ -531,6 +579,11 @@ def targets(cfg, shapes, kinds, round_):
   if cfg.distribution:
     counts = distributions.counts(cfg.distribution, shapes, (1.0 - cfg.prune_rate) ** round_)
     return [((n,), c) for n, c in counts.items()]
+  n_m = cfg.n_of_m()
+  if n_m:  # N of every M along the input axis from round 1; a non-multiple layer stays dense
+    n, m = n_m
+    return [((name,), math.prod(s) * n // m if round_ and not s[-2] % m else math.prod(s))
+            for name, s in shapes.items()]
   sizes = {n: math.prod(s) for n, s in shapes.items()}
   return [(names, pruning.keep_count(sum(sizes[n] for n in names), rate, round_))
           for names, rate in groups(cfg, sizes, kinds)]

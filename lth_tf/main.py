@@ -61,6 +61,11 @@ flags.DEFINE_string("pruning", None, "How masks are found: layerwise (IMP, the p
                     "each layer at its own rate; 'imp' is the same), global (IMP with one "
                     "threshold at --prune_rate), snip, grasp, synflow (at θ0), early_bird "
                     "(default: the paper's: layerwise; global for vgg19/resnet20).")
+flags.DEFINE_string("structure", "", "N:M (e.g. 2:4): the ticket keeps at most N of every M "
+                    "consecutive weights along each kernel's input axis (TF-MOT's "
+                    "sparsity_m_by_n layout), pruned once from the dense round (--rounds=1, "
+                    "--pruning=layerwise); random_prune then draws random N:M masks. Default: "
+                    "none (any weights).")
 flags.DEFINE_integer("score_batches", 1, "snip/grasp: batches scored at θ0.")
 flags.DEFINE_integer("synflow_iterations", 100, "synflow: pruning iterations per mask.")
 flags.DEFINE_float("eb_epsilon", 0.1, "early_bird: mask distance below which it has settled.")
@@ -273,6 +278,11 @@ def launch(recorded, *, export=True, logdir=None, on_divergence="continue", over
   rows. The command line and lth_tf.run both end here, after checking their input."""
   cfg, runtime, output_dir = recorded.config, recorded.runtime, recorded.output_dir
   data_dir, manual_dir = recorded.data_dir, recorded.manual_dir
+  dense = cfg.dense_under_structure()
+  if dense:
+    logging.warning("--structure=%s: %s stay%s dense (input axis not a multiple of %d)",
+                    cfg.structure, ", ".join(dense), "s" if len(dense) == 1 else "",
+                    cfg.n_of_m()[1])
   with console.quiet_native_stderr(calm):  # TensorFlow's C++ start-up lines
     import tensorflow as tf
     tf.config.list_physical_devices()  # looks for GPUs (and says so), configures nothing

@@ -54,17 +54,44 @@ def _by_group(scores, mask, targets):
   return out
 
 
-def magnitude(kernels, mask, targets, rng=None):
+def n_of_m(scores, allowed, n, m):
+  """0/1 mask keeping, in every group of ``m`` consecutive weights along the kernel's input
+  axis (axis -2: a Dense kernel's rows, a convolution's input channels), the ``n`` highest
+  ``scores`` among the ``allowed`` entries (ties: the lower input index). This is TF-MOT's
+  ``sparsity_m_by_n`` layout (pruning_utils.weights_rearrange: groups along C_IN), which
+  tests/test_structure.py checks with TF-MOT's own is_pruned_m_by_n and generate_m_by_n_mask.
+  A kernel whose input axis is not a multiple of ``m`` is returned dense (all ``allowed``)."""
+  shape = scores.shape
+  if shape[-2] % m:
+    return (allowed > 0).astype(np.float32)
+  # [..., in, out] -> groups [..., in/m, m, out]: rank within axis -2 of the group
+  grouped = np.where(allowed > 0, scores, -np.inf).reshape(
+      shape[:-2] + (shape[-2] // m, m, shape[-1]))
+  order = np.argsort(-grouped, axis=-2, kind="stable")
+  keep = np.zeros(grouped.shape, np.float32)
+  np.put_along_axis(keep, order[..., :n, :], 1.0, axis=-2)
+  keep *= np.isfinite(grouped)  # never keep a weight the previous mask removed
+  return keep.reshape(shape)
+
+
+def _structured(scores, mask, targets, n_m):
+  """The groups' masks: N of every M per layer when ``n_m`` is (N, M); else by counts."""
+  if n_m is None:
+    return _by_group(scores, mask, targets)
+  return {name: n_of_m(scores[name], mask[name], *n_m) for name in scores}
+
+
+def magnitude(kernels, mask, targets, rng=None, n_m=None):
   """The paper's rule: each group keeps its largest-|w| survivors."""
   del rng
-  return _by_group({n: np.abs(k) for n, k in kernels.items()}, mask, targets)
+  return _structured({n: np.abs(k) for n, k in kernels.items()}, mask, targets, n_m)
 
 
-def random(kernels, mask, targets, rng):
+def random(kernels, mask, targets, rng, n_m=None):
   """Control: each group keeps positions drawn uniformly from the whole group, ignoring |w|."""
   del mask
   ones = {n: np.ones(k.shape, np.float32) for n, k in kernels.items()}
-  return _by_group({n: rng.random(k.shape) for n, k in kernels.items()}, ones, targets)
+  return _structured({n: rng.random(k.shape) for n, k in kernels.items()}, ones, targets, n_m)
 
 
 def keep_top(scores, mask, targets):
@@ -75,8 +102,9 @@ def keep_top(scores, mask, targets):
 METHODS = {"magnitude": magnitude, "random": random}
 
 
-def prune(method, kernels, mask, targets, rng=None):
-  """Applies pruning method ``method`` by name to reach ``targets``."""
+def prune(method, kernels, mask, targets, rng=None, n_of_m=None):
+  """Applies pruning method ``method`` by name to reach ``targets``, or with ``n_of_m`` = (N,
+  M) to keep N of every M weights along each kernel's input axis (--structure=N:M)."""
   if method not in METHODS:
     raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
-  return METHODS[method](kernels, mask, targets, rng)
+  return METHODS[method](kernels, mask, targets, rng, n_of_m)

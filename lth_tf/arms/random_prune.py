@@ -16,7 +16,8 @@ class RandomPrune(base.Arm):
     counts = masks.counts(src.mask("ticket", trial, round_))
     rng = np.random.default_rng(self.mask_seed(src.cfg, trial, round_))
     return pruning.prune("random", src.ones(), None,  # positions from shapes alone
-                         [((n,), c) for n, (c, _) in counts.items()], rng)
+                         [((n,), c) for n, (c, _) in counts.items()], rng,
+                         n_of_m=src.cfg.n_of_m())  # with --structure, random N of every M
 
   def mask_seed(self, cfg, trial, round_):
     return layout.arm_seed(cfg, self.name, trial, round_)

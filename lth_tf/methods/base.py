@@ -37,6 +37,8 @@ class MaskFinder:
   # True: a mask is recomputed bit for bit (numpy) from the files it was found from, so the
   # controls built on it survive a retrained ticket (lth_tf.repair says which stages do not).
   exact = True
+  # True: it prunes by magnitude and so can keep N of every M weights (--structure=N:M).
+  structures = False
 
   def problems(self, cfg):
     """A one-line reason ``cfg`` cannot run with this method (naming the flag and the fix),

@@ -9,6 +9,7 @@ class GlobalMagnitude(layerwise.Layerwise):
   name = "global"
   label = "IMP (global)"
   pooled = True
+  structures = False  # one threshold across layers, not groups of M
 
   def problems(self, cfg):
     if cfg.distribution:
