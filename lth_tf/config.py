@@ -90,6 +90,9 @@ def with_paper_defaults(values):
     if out.get(name) is None:
       out[name] = paper[name]
   out["pruning"] = method_registry.ALIASES.get(out["pruning"], out["pruning"])
+  if (not out.get("distribution") and out["pruning"] in method_registry.METHODS
+      and method_registry.get(out["pruning"]).needs_distribution):
+    out["distribution"] = "erk"  # dynamic sparse training: Evci et al.'s default
   fc = out["prune_rate_fc"]
   if out.get("prune_rate") is None:
     out["prune_rate"] = fc
@@ -126,7 +129,7 @@ RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learn
                 "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
                 "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
                 "lr_drop_factor", "weight_decay", "strategy", "cpu_devices", "distribution",
-                "structure")
+                "structure", "dst_interval", "dst_fraction", "dst_end")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 LOCATION_FLAGS = ("data_dir", "manual_dir", "checkpoint_every")  # where, not what
 
@@ -298,6 +301,12 @@ class Config:
   # Which sets of weights a mask may keep: "" any (the paper's), "N:M" at most N of every M
   # consecutive weights along a kernel's input axis (lth_tf.pruning.n_of_m).
   structure: str = ""
+  # Dynamic sparse training (--pruning=set, rigl): move connections every dst_interval
+  # iterations, dst_fraction of each layer's active ones (RigL: decaying to 0 at dst_end of
+  # the training).
+  dst_interval: int = 100
+  dst_fraction: float = 0.3
+  dst_end: float = 0.75
 
   def __post_init__(self):
     self.validate()  # a Config that exists is a valid one
@@ -320,7 +329,7 @@ class Config:
     for name, low in (("rounds", 0), ("trials", 1), ("batch_size", 1), ("eval_every", 1),
                       ("iterations", 1), ("seed", 0), ("warmup_iterations", 0),
                       ("rewind_iteration", 0), ("score_batches", 1), ("synflow_iterations", 1),
-                      ("eb_window", 2)):
+                      ("eb_window", 2), ("dst_interval", 1)):
       _check_int(name, getattr(self, name), low)
     if self.seed >= 2 ** 32:  # NumPy's and Keras's global seeds are 32-bit
       raise ConfigError(f"--seed={self.seed} is too large; pass a seed below 2**32 "
@@ -339,6 +348,10 @@ class Config:
     if not (isinstance(self.lr_drop_factor, (int, float)) and 0.0 < self.lr_drop_factor <= 1.0):
       raise ConfigError(f"--lr_drop_factor={self.lr_drop_factor} is outside (0, 1]; pass e.g. "
                         f"0.1")
+    if not (isinstance(self.dst_fraction, (int, float)) and 0.0 < self.dst_fraction < 1.0):
+      raise ConfigError(f"--dst_fraction={self.dst_fraction} is outside (0, 1); pass e.g. 0.3")
+    if not (isinstance(self.dst_end, (int, float)) and 0.0 < self.dst_end <= 1.0):
+      raise ConfigError(f"--dst_end={self.dst_end} is outside (0, 1]; pass e.g. 0.75")
     if not (isinstance(self.eb_epsilon, (int, float)) and 0.0 < self.eb_epsilon < 1.0):
       raise ConfigError(f"--eb_epsilon={self.eb_epsilon} is outside (0, 1); pass e.g. 0.1")
     if self.iterations < self.eval_every or self.iterations % self.eval_every:
@@ -548,6 +561,11 @@ MAX_STAGES = 100_000
 
 _RUNTIME_FIELDS = {f.name for f in dataclasses.fields(Runtime)}
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def method(cfg):
+  """The MaskFinder (lth_tf/methods) of ``cfg``'s --pruning."""
+  return method_registry.get(cfg.pruning)
 
 
 def groups(cfg, sizes, kinds):

@@ -257,9 +257,10 @@ class _Run:
     table = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.iterations,
                                data_seed)
     callbacks = [rewinder, *self.callbacks]
-    hook = (method_registry.get(cfg.pruning).dense_round_callback(self, trial)
-            if round_ == 0 else None)
-    if hook is not None:  # the method's state is not checkpointed: the dense round reruns whole
+    method = method_registry.get(cfg.pruning)
+    hook = (method.dense_round_callback(self, trial) if round_ == 0
+            else method.training_callback(self, arm, trial, round_))
+    if hook is not None:  # the method's state is not checkpointed: the stage reruns whole
       callbacks.append(hook)
       checkpoint = None
     if self.logdir:
@@ -282,7 +283,8 @@ class _Run:
                early_stop_test_accuracy=result.early_stop_test_accuracy,
                final_test_accuracy=result.final_test_accuracy, diverged=result.diverged,
                search_iterations=self.search_iterations(trial, round_))
-    metrics = dict(row, layer_weights_remaining=masks.layer_fractions(mask),
+    metrics = dict(row, **(hook.metrics() if hasattr(hook, "metrics") else {}),
+                   layer_weights_remaining=masks.layer_fractions(mask),
                    layer_counts=masks.counts(mask), seconds=result.seconds,
                    environment=environment.describe(),
                    seeds=dict(data=data_seed, init=init_seed,

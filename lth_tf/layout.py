@@ -64,6 +64,12 @@ def score_seed(cfg, trial):
   return derive_seed(cfg.seed, trial, "score")
 
 
+def dst_seed(cfg, trial, round_, iteration=None):
+  """The seed of a dynamic sparse ticket's start mask (``iteration`` None) and of its update
+  at ``iteration`` (SET's regrowth, RigL's gradient batch)."""
+  return derive_seed(cfg.seed, trial, round_, "dst", "start" if iteration is None else iteration)
+
+
 def split_seed(cfg):
   """The seed of the validation split."""
   return derive_seed(cfg.seed, "split")

@@ -59,13 +59,21 @@ flags.DEFINE_string("initializer", None, f"Kernel initializer: {', '.join(archit
 flags.DEFINE_float("init_scale", 0.05, "Standard deviation for --initializer=truncated_normal.")
 flags.DEFINE_string("pruning", None, "How masks are found: layerwise (IMP, the paper: "
                     "each layer at its own rate; 'imp' is the same), global (IMP with one "
-                    "threshold at --prune_rate), snip, grasp, synflow (at θ0), early_bird "
-                    "(default: the paper's: layerwise; global for vgg19/resnet20).")
+                    "threshold at --prune_rate), snip, grasp, synflow (at θ0), early_bird; "
+                    "or one training per round from θ0 at round r's sparsity (--distribution, "
+                    "default erk): static (a fixed random mask), set, rigl (dynamic sparse "
+                    "training) (default: the paper's: layerwise; global for vgg19/resnet20).")
 flags.DEFINE_string("structure", "", "N:M (e.g. 2:4): the ticket keeps at most N of every M "
                     "consecutive weights along each kernel's input axis (TF-MOT's "
                     "sparsity_m_by_n layout), pruned once from the dense round (--rounds=1, "
                     "--pruning=layerwise); random_prune then draws random N:M masks. Default: "
                     "none (any weights).")
+flags.DEFINE_integer("dst_interval", 100, "set/rigl: iterations between mask updates (a "
+                     "multiple of --eval_every).")
+flags.DEFINE_float("dst_fraction", 0.3, "set/rigl: fraction of each layer's active weights "
+                   "dropped and regrown at an update (rigl: at the start, decaying).")
+flags.DEFINE_float("dst_end", 0.75, "rigl: fraction of the training after which the mask "
+                   "stops moving (the cosine decay reaches 0).")
 flags.DEFINE_integer("score_batches", 1, "snip/grasp: batches scored at θ0.")
 flags.DEFINE_integer("synflow_iterations", 100, "synflow: pruning iterations per mask.")
 flags.DEFINE_float("eb_epsilon", 0.1, "early_bird: mask distance below which it has settled.")

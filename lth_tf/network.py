@@ -45,8 +45,11 @@ def round_targets(cfg, model, round_):
 def make_trainer(cfg, model, jit_compile=True, strategy=None):
   """A trainer for ``model`` with ``cfg``'s optimizer, schedule and weight decay: a
   training.Trainer, or under a tf.distribute ``strategy`` a distribute.DistributedTrainer."""
+  moving = config.method(cfg).masks_move  # early stopping keeps the mask with the weights
   return distribute.trainer(
       strategy, model, cfg.learning_rate, jit_compile, optimizer=cfg.optimizer,
       momentum=cfg.momentum,
       warmup_iterations=cfg.warmup_iterations, lr_drops=cfg.lr_drops,
-      lr_drop_factor=cfg.lr_drop_factor, weight_decay=cfg.weight_decay)
+      lr_drop_factor=cfg.lr_drop_factor, weight_decay=cfg.weight_decay,
+      extra_state=[w.pruning_vars[0][1] for w in ticket.wrappers(model).values()] if moving
+      else ())

@@ -101,6 +101,30 @@ def _gradient(plain, variables, x, y, batches, batch_size, temperature=1.0):
   return total
 
 
+_DENSE_GRADIENTS = {}  # id(model) -> (model, its compiled gradient function)
+
+
+def dense_gradients(model, x, y):
+  """{layer: ∂L/∂W} of a wrapped model's prunable kernels on one batch (x, y), pruned entries
+  included: the wrapper multiplies its kernel variable by the mask by assignment before the
+  forward pass reads it, so the gradient with respect to that variable is the dense one (what
+  RigL grows by). L is the mean cross-entropy at ``training=False`` (no batch-norm statistics
+  move). Compiled once per model."""
+  model_, fn = _DENSE_GRADIENTS.get(id(model), (None, None))
+  if model_ is not model:
+    kernels = {n: w.pruning_vars[0][0] for n, w in ticket.wrappers(model).items()}
+
+    @tf.function
+    def fn(x, y):
+      with tf.GradientTape() as tape:
+        logits = model(tf.cast(x, model.inputs[0].dtype), training=False)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(y, tf.int64), logits=logits))
+      return tape.gradient(loss, kernels)
+    _DENSE_GRADIENTS[id(model)] = (model, fn)
+  return {n: g.numpy() for n, g in fn(tf.constant(x), tf.constant(y)).items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # SNIP
 

@@ -122,7 +122,7 @@ class Trainer:
 
   def __init__(self, model, learning_rate, jit_compile=True, eval_chunk=1000, optimizer="adam",
                momentum=0.9, warmup_iterations=0, lr_drops=(), lr_drop_factor=0.1,
-               weight_decay=0.0):
+               weight_decay=0.0, extra_state=()):
     if optimizer not in OPTIMIZERS:
       raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     self.model = model
@@ -136,10 +136,11 @@ class Trainer:
     self.weight_decay = float(weight_decay)
     kernels = {id(k) for k in _kernels(model)}
     self._decayed = [id(v) in kernels for v in model.trainable_variables]
-    # What a model "is" at an iteration: its trainable weights and batch norm's statistics.
+    # What a model "is" at an iteration: its trainable weights and batch norm's statistics,
+    # and ``extra_state`` (variables that change while it trains, e.g. masks that move).
     self.state_variables = list(model.trainable_variables) + [
         v for layer in model.submodules if isinstance(layer, keras.layers.BatchNormalization)
-        for v in (layer.moving_mean, layer.moving_variance)]
+        for v in (layer.moving_mean, layer.moving_variance)] + list(extra_state)
     self.eval_chunk = eval_chunk
     self._loss = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=keras.losses.Reduction.SUM)

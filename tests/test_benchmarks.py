@@ -44,6 +44,15 @@ def test_round_overhead_prints_both_ratios():
   assert "SYNTHETIC" in proc.stdout  # Conv-2's data is said to be synthetic
 
 
+def test_dst_overhead_prints_both_ratios():
+  proc = _run_module("benchmarks.dst_overhead", ["--iterations=200", "--repeats=1",
+                                                  "--dst_interval=100"])
+  line = _last_line(proc)
+  match = re.fullmatch(r"dst set/static=(\d+\.\d{3}) rigl/static=(\d+\.\d{3})", line)
+  assert match, line
+  assert all(float(v) > 0 for v in match.groups())
+
+
 def test_round_stability_prints_ratio_and_growth():
   proc = _run_module("benchmarks.round_stability", ["--rounds=2", "--iterations=200"])
   line = _last_line(proc)

@@ -39,6 +39,12 @@ class MaskFinder:
   exact = True
   # True: it prunes by magnitude and so can keep N of every M weights (--structure=N:M).
   structures = False
+  # True: its layers take the densities of --distribution, erk unless given (dynamic sparse
+  # training); False: --distribution is optional.
+  needs_distribution = False
+  # True: the ticket's mask changes while it trains (training_callback moves it), so the
+  # early-stopping bookkeeping keeps the mask with the weights.
+  masks_move = False
 
   def problems(self, cfg):
     """A one-line reason ``cfg`` cannot run with this method (naming the flag and the fix),
@@ -59,6 +65,13 @@ class MaskFinder:
     the chain that led to it)."""
     cfg = run.cfg
     return cfg.iterations * (1 if cfg.one_shot else round_)
+
+  def training_callback(self, run, arm, trial, round_):
+    """A Keras callback for ``arm``'s stage at ``round_`` > 0 (called between compiled
+    training blocks, e.g. to move the mask), or None. Its ``metrics()``, if it has one, is
+    added to the stage's metrics.json; a stage with one is not checkpointed: it reruns whole."""
+    del run, arm, trial, round_
+    return None
 
   def dense_round_callback(self, run, trial):
     """A Keras callback for the dense round 0 of ``trial`` (e.g. to record masks while it

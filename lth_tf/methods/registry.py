@@ -1,6 +1,7 @@
 """Every way of finding a ticket's mask, by the name --pruning takes. A new method is one
 module in lth_tf/methods holding a ``FINDER`` (see base.MaskFinder) plus one line here."""
-from lth_tf.methods import early_bird, global_magnitude, grasp, layerwise, snip, synflow
+from lth_tf.methods import (early_bird, global_magnitude, grasp, layerwise, rigl, set_evolution,
+                            snip, static, synflow)
 
 METHODS = {m.FINDER.name: m.FINDER for m in (
     layerwise,
@@ -9,6 +10,9 @@ METHODS = {m.FINDER.name: m.FINDER for m in (
     grasp,
     synflow,
     early_bird,
+    static,
+    set_evolution,
+    rigl,
 )}
 ALIASES = {"imp": "layerwise"}  # the paper's name for it
 
