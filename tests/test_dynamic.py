@@ -193,3 +193,35 @@ def test_rigl_grows_by_the_dense_gradient_pruned_entries_included(tiny_config, s
   for n in mask:
     np.testing.assert_allclose(got[n], want[n].numpy(), rtol=1e-5, atol=1e-7)
     assert np.abs(got[n][mask[n] == 0]).sum() > 0
+
+
+def test_a_grown_weight_starts_at_zero_and_a_dropped_one_is_zeroed_at_once(tiny_config, splits):
+  """The optimizer sees the dense gradient of pruned weights (TF-MOT masks by assignment), so
+  between forward passes a pruned kernel entry can hold a value. An update must zero what it
+  grows (wrong version: regrown weights keep that stale value) and what it drops."""
+  import contextlib
+  import types
+  from lth_tf import models, ticket
+  from lth_tf.methods import registry
+  cfg = tiny_config(pruning="set", distribution="erk", prune_rate=0.6, iterations=200,
+                    eval_every=20, dst_interval=40)
+  model = ticket.wrap(models.build(cfg.model, (28, 28, 1), seed=2))
+  rng = np.random.default_rng(0)
+  mask = {n: (rng.random(k.shape) < 0.4).astype(np.float32)
+          for n, k in ticket.get_kernels(model).items()}
+  ticket.set_masks(model, mask)
+  for name, w in ticket.wrappers(model).items():  # what an optimizer step leaves behind
+    w.pruning_vars[0][0].assign(w.pruning_vars[0][0] + 0.5 * (1 - mask[name]))
+  run = types.SimpleNamespace(cfg=cfg, out="unused", splits=splits,
+                              scope=contextlib.nullcontext)
+  mover = registry.get("set").training_callback(run, "ticket", 0, 1)
+  mover.set_model(model)
+  mover.on_train_begin()
+  mover.on_epoch_end(1, {"iteration": 40})
+  new, kernels = ticket.get_masks(model), ticket.get_kernels(model)
+  grown = {n: (new[n] > 0) & (mask[n] == 0) for n in new}
+  dropped = {n: (new[n] == 0) & (mask[n] > 0) for n in new}
+  assert sum(g.sum() for g in grown.values()) > 0 and sum(d.sum() for d in dropped.values()) > 0
+  for n in new:
+    assert np.all(kernels[n][grown[n]] == 0) and np.all(kernels[n][new[n] == 0] == 0)
+    assert new[n].sum() == mask[n].sum()
