@@ -299,7 +299,8 @@ class Config:
   # (lth_tf.distributions); "" for the paper's per-kind rates (prune_rate_conv, _fc, _output).
   distribution: str = ""
   # Which sets of weights a mask may keep: "" any (the paper's), "N:M" at most N of every M
-  # consecutive weights along a kernel's input axis (lth_tf.pruning.n_of_m).
+  # consecutive weights along a kernel's input axis (lth_tf.pruning.n_of_m), "unit" whole
+  # units and filters (lth_tf.pruning.unit_masks).
   structure: str = ""
   # Dynamic sparse training (--pruning=set, rigl): move connections every dst_interval
   # iterations, dst_fraction of each layer's active ones (RigL: decaying to 0 at dst_end of
@@ -383,6 +384,18 @@ class Config:
       raise ConfigError(f"--distribution={self.distribution} is unknown; use one of "
                         f"{', '.join(DISTRIBUTIONS)} (or leave it out for the per-kind rates)")
     n_m = self.n_of_m()  # ConfigError for a structure that is not one
+    if self.structure == UNIT:
+      if not method_registry.get(self.pruning).structures:
+        raise ConfigError(f"--structure=unit ranks units by the magnitude of their trained "
+                          f"weights; --pruning={self.pruning} does not: pass "
+                          f"--pruning=layerwise")
+      if self.model not in architectures.PLAIN:
+        raise ConfigError(f"--structure=unit needs a plain chain of layers, each feeding the "
+                          f"next; --model={self.model} has batch norm and shortcuts: use one of "
+                          f"{', '.join(architectures.PLAIN)}")
+      if self.distribution:
+        raise ConfigError(f"--structure=unit removes units at the per-kind rates; drop "
+                          f"--distribution={self.distribution}")
     if n_m:
       if not method_registry.get(self.pruning).structures:
         raise ConfigError(f"--structure={self.structure} prunes by magnitude within groups of "
@@ -432,18 +445,20 @@ class Config:
       how = (f"at rate {rate:g} per round" if not self.distribution else
              f"its --distribution={self.distribution} share of --prune_rate={self.prune_rate:g} "
              f"per round")
+      what = "unit" if self.structure == UNIT else "weight"
+      given = " with --structure=unit" if self.structure == UNIT else ""
       raise ConfigError(
-          f"--rounds={self.rounds} prunes {_group_label(names)} ({size:,} weights {how}) to "
-          f"fewer than one weight after round {last}; pass --rounds={last} or fewer, or a "
+          f"--rounds={self.rounds}{given} prunes {_group_label(names)} ({size:,} {what}s {how}) to "
+          f"fewer than one {what} after round {last}; pass --rounds={last} or fewer, or a "
           f"lower rate")
     return self
 
   def n_of_m(self):
     """(N, M) of --structure=N:M, or None for unstructured masks; ConfigError for a
     --structure that is neither."""
-    if self.structure == "":
+    if self.structure in ("", UNIT):
       return None
-    fix = "pass N:M with 0 < N < M, e.g. 2:4 (or leave it out)"
+    fix = "pass N:M with 0 < N < M, e.g. 2:4, or unit (or leave it out)"
     if not isinstance(self.structure, str):
       raise ConfigError(f"--structure={self.structure!r} is not N:M; {fix}")
     parts = self.structure.split(":")
@@ -456,6 +471,15 @@ class Config:
       raise ConfigError(f"--structure={self.structure}: groups of {m} are more than "
                         f"{MAX_STRUCTURE_M}; {fix}")
     return n, m
+
+  def unit_counts(self, round_):
+    """{layer: units it keeps after ``round_`` rounds} under --structure=unit (every layer but
+    the output, whose units are the classes, at its kind's rate), else None."""
+    if self.structure != UNIT:
+      return None
+    rates = {"conv": self.prune_rate_conv, "fc": self.prune_rate_fc}
+    return {n: pruning.keep_count(s[-1], rates[k], round_)
+            for n, (s, k) in self.kernel_shapes().items() if k != "output"}
 
   def dense_under_structure(self):
     """The prunable layers --structure=N:M leaves dense: those whose input axis (a Dense
@@ -491,15 +515,27 @@ class Config:
   def last_round(self):
     """The last round at which every pruned group of layers still keeps one weight or more
     (pruning.keep_count never lets a group reach zero: past this round it trains a group
-    clamped at one weight, which measures nothing)."""
+    clamped at one weight, which measures nothing); under --structure=unit, one unit."""
+    if self.structure == UNIT:
+      return min((_last_round(size, rate) for _, size, rate in self._unit_groups()),
+                 default=math.inf)
     if self.distribution:
       return self._distributed_last_round()[0]
     return min((_last_round(size, rate) for _, size, rate in self._groups()),
                default=math.inf)
 
+  def _unit_groups(self):
+    """[((layer,), units, rate)] of the layers --structure=unit removes units from."""
+    rates = {"conv": self.prune_rate_conv, "fc": self.prune_rate_fc}
+    return [((n,), s[-1], rates[k]) for n, (s, k) in self.kernel_shapes().items()
+            if k != "output"]
+
   def first_to_empty(self):
     """(layer names, size, rate) of the group that runs out of weights first (under
-    --distribution, the rate is the overall --prune_rate)."""
+    --distribution, the rate is the overall --prune_rate; under --structure=unit, the size
+    counts units)."""
+    if self.structure == UNIT:
+      return min(self._unit_groups(), key=lambda g: _last_round(g[1], g[2]))
     if self.distribution:
       layer = self._distributed_last_round()[1]
       return (layer,), math.prod(self.kernel_shapes()[layer][0]), self.prune_rate
@@ -587,6 +623,7 @@ def groups(cfg, sizes, kinds):
 
 
 MAX_STRUCTURE_M = 1024  # --structure=N:M: larger groups are unstructured pruning in all but name
+UNIT = "unit"  # --structure=unit
 
 
 def targets(cfg, shapes, kinds, round_):
@@ -597,6 +634,15 @@ def targets(cfg, shapes, kinds, round_):
   if cfg.distribution:
     counts = distributions.counts(cfg.distribution, shapes, (1.0 - cfg.prune_rate) ** round_)
     return [((n,), c) for n, c in counts.items()]
+  units = cfg.unit_counts(round_)
+  if units is not None:  # weights between kept units (lth_tf.pruning.unit_masks)
+    out, previous = [], None
+    for name, s in shapes.items():
+      cols = units.get(name, s[-1])
+      rows = s[-2] if previous is None else s[-2] // previous[1] * previous[0]
+      out.append(((name,), math.prod(s[:-2]) * rows * cols))
+      previous = (cols, s[-1])
+    return out
   n_m = cfg.n_of_m()
   if n_m:  # N of every M along the input axis from round 1; a non-multiple layer stays dense
     n, m = n_m

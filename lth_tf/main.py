@@ -66,8 +66,10 @@ flags.DEFINE_string("pruning", None, "How masks are found: layerwise (IMP, the p
 flags.DEFINE_string("structure", "", "N:M (e.g. 2:4): the ticket keeps at most N of every M "
                     "consecutive weights along each kernel's input axis (TF-MOT's "
                     "sparsity_m_by_n layout), pruned once from the dense round (--rounds=1, "
-                    "--pruning=layerwise); random_prune then draws random N:M masks. Default: "
-                    "none (any weights).")
+                    "--pruning=layerwise); unit: whole Dense units and conv filters, ranked by "
+                    "the L2 norm of their trained incoming weights, at the per-kind rates per "
+                    "round (plain models). random_prune then draws random masks of the same "
+                    "structure. Default: none (any weights).")
 flags.DEFINE_integer("dst_interval", 100, "set/rigl: iterations between mask updates (a "
                      "multiple of --eval_every).")
 flags.DEFINE_float("dst_fraction", 0.3, "set/rigl: fraction of each layer's active weights "

@@ -74,24 +74,63 @@ def n_of_m(scores, allowed, n, m):
   return keep.reshape(shape)
 
 
-def _structured(scores, mask, targets, n_m):
-  """The groups' masks: N of every M per layer when ``n_m`` is (N, M); else by counts."""
+def unit_masks(scores, mask, units):
+  """Masks that remove whole units: a Dense layer's outputs, a convolution's filters.
+
+  ``scores`` and ``mask``: {layer: kernel-shaped array} in the network's order, each layer
+  feeding the next (a plain chain: LeNet, Conv-2/4/6); ``units``: {layer: units it keeps} for
+  the layers that lose units (not the output layer, whose units are the classes). A layer keeps
+  its units of highest L2 norm of ``scores`` over their surviving incoming weights, among the
+  units ``mask`` kept. Its mask keeps every weight from a kept unit of the layer before to a
+  kept unit of its own, so a removed unit has no incoming and no outgoing weight: its bias,
+  trained or not, reaches nothing. A Dense layer after a convolution reads each filter at
+  every position of the flattened map (channels last: row r is filter r mod filters)."""
+  alive = {}
+  for name, s in scores.items():
+    n_units = s.shape[-1]
+    flat_mask = mask[name].reshape(-1, n_units) > 0
+    was = flat_mask.any(axis=0)
+    if name in units:
+      norm = np.sqrt((np.where(flat_mask, s.reshape(-1, n_units), 0.0) ** 2).sum(axis=0))
+      order = np.argsort(-np.where(was, norm, -np.inf), kind="stable")[:units[name]]
+      keep = np.zeros(n_units, bool)
+      keep[order] = True
+      alive[name] = keep & was
+    else:
+      alive[name] = was
+  out, previous = {}, None
+  for name, s in scores.items():
+    m = np.broadcast_to(alive[name].astype(np.float32), s.shape).copy()
+    if previous is not None:
+      rows = previous[np.arange(s.shape[-2]) % previous.size]
+      m *= rows.astype(np.float32)[:, None]
+    out[name] = m * (mask[name] > 0)
+    previous = alive[name]
+  return out
+
+
+def _structured(scores, mask, targets, n_m, units=None):
+  """The groups' masks: N of every M per layer when ``n_m`` is (N, M); whole units when
+  ``units`` ({layer: units kept}) is given; else by counts."""
+  if units is not None:
+    return unit_masks(scores, mask, units)
   if n_m is None:
     return _by_group(scores, mask, targets)
   return {name: n_of_m(scores[name], mask[name], *n_m) for name in scores}
 
 
-def magnitude(kernels, mask, targets, rng=None, n_m=None):
+def magnitude(kernels, mask, targets, rng=None, n_m=None, units=None):
   """The paper's rule: each group keeps its largest-|w| survivors."""
   del rng
-  return _structured({n: np.abs(k) for n, k in kernels.items()}, mask, targets, n_m)
+  return _structured({n: np.abs(k) for n, k in kernels.items()}, mask, targets, n_m, units)
 
 
-def random(kernels, mask, targets, rng, n_m=None):
+def random(kernels, mask, targets, rng, n_m=None, units=None):
   """Control: each group keeps positions drawn uniformly from the whole group, ignoring |w|."""
   del mask
   ones = {n: np.ones(k.shape, np.float32) for n, k in kernels.items()}
-  return _structured({n: rng.random(k.shape) for n, k in kernels.items()}, ones, targets, n_m)
+  return _structured({n: rng.random(k.shape) for n, k in kernels.items()}, ones, targets, n_m,
+                     units)
 
 
 def keep_top(scores, mask, targets):
@@ -102,9 +141,10 @@ def keep_top(scores, mask, targets):
 METHODS = {"magnitude": magnitude, "random": random}
 
 
-def prune(method, kernels, mask, targets, rng=None, n_of_m=None):
-  """Applies pruning method ``method`` by name to reach ``targets``, or with ``n_of_m`` = (N,
-  M) to keep N of every M weights along each kernel's input axis (--structure=N:M)."""
+def prune(method, kernels, mask, targets, rng=None, n_of_m=None, units=None):
+  """Applies pruning method ``method`` by name to reach ``targets``; with ``n_of_m`` = (N, M)
+  to keep N of every M weights along each kernel's input axis (--structure=N:M), with
+  ``units`` ({layer: units kept}) to keep whole units (--structure=unit)."""
   if method not in METHODS:
     raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
-  return METHODS[method](kernels, mask, targets, rng, n_of_m)
+  return METHODS[method](kernels, mask, targets, rng, n_of_m, units)

@@ -28,7 +28,8 @@ PAPER_RATES = dict(dataset="fashion_mnist", iterations=100, batch_size=60, learn
 @pytest.mark.parametrize("kw", [dict(), dict(pruning="global", prune_rate=0.35),
                                 dict(pruning="global", prune_rate=0.35, global_output_layer=True),
                                 dict(model="conv2", pruning="snip"),
-                                dict(model="conv2", distribution="erk", prune_rate=0.3)])
+                                dict(model="conv2", distribution="erk", prune_rate=0.3),
+                                dict(model="conv2", structure="unit")])
 def test_the_loop_prunes_to_the_targets_the_checks_reason_about(kw, tiny_config):
   """network.round_targets (from the built model) and the checks (from shapes) agree."""
   cfg = tiny_config(**{**PAPER_RATES, **kw})

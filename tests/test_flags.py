@@ -54,6 +54,8 @@ BAD = {
     "prune_rate": [("-0.1", ()), ("1", ()), ("nan", ()), ("abc", ())],
     "global_output_layer": [("maybe", ())],
     "structure": [("4:4", ("--rounds=1",)), ("2-4", ("--rounds=1",)), ("unit:", ()),
+                  ("unit", ("--rounds=30",)), ("unit", ("--distribution=erk",)),
+                  ("unit", ("--model=vgg19", "--pruning=layerwise", "--dataset=cifar10")),
                   ("2:4", ()), ("2:4", ("--rounds=1", "--pruning=snip")),
                   ("2:4", ("--rounds=1", "--one_shot"))],
     "dst_interval": [("0", ()), ("-1", ()), ("150", ("--pruning=set",)), ("abc", ())],

@@ -104,3 +104,88 @@ def test_the_command_line_says_once_which_layers_stay_dense(tmp_path):
   assert len(said) == 1 and "fc2, output stay dense" in said[0], said
   mask = artifacts.read_mask(f"{layout.stage_dir(f'{tmp_path}/x', 'ticket', 0, 1)}/masks.npz")
   assert mask["fc2"].all() and mask["output"].all() and mask["fc1"].mean() == pytest.approx(3 / 7)
+
+
+# ---- --structure=unit -------------------------------------------------------------------------
+
+def test_unit_masks_keep_whole_units_by_the_norm_of_their_incoming_weights():
+  """A 4-3-2 chain whose hidden layer keeps 2 of its 3 units. Column norms 5, 3 and 4 (sums of
+  |w| 7, 6 and 4): units 0 and 2 by norm; a sum of |w| would keep unit 1. The output layer
+  loses no unit, but the rows of the removed hidden unit. A unit the previous mask removed
+  never comes back, whatever its norm."""
+  hidden = np.array([[3, 1.5, 0], [4, 1.5, 4], [0, 1.5, 0], [0, 1.5, 0]], np.float32)
+  out = np.ones((3, 2), np.float32)
+  ones = {"h": np.ones((4, 3), np.float32), "out": np.ones((3, 2), np.float32)}
+  got = pruning.unit_masks({"h": np.abs(hidden), "out": out}, ones, {"h": 2})
+  np.testing.assert_array_equal(got["h"], np.tile([1, 0, 1], (4, 1)))
+  np.testing.assert_array_equal(got["out"], [[1, 1], [0, 0], [1, 1]])
+  previous = {"h": np.tile([1, 1, 0], (4, 1)).astype(np.float32), "out": ones["out"]}
+  got = pruning.unit_masks({"h": np.abs(hidden), "out": out}, previous, {"h": 2})
+  np.testing.assert_array_equal(got["h"][0], [1, 1, 0])
+
+
+def test_a_removed_filter_reaches_nothing_through_the_flattened_map():
+  """Conv-2 on 28x28: remove conv2's filter 5 by unit_masks; changing its bias (or its
+  incoming weights) leaves the network's output unchanged, so its rows in fc1 (channels
+  last: row r is filter r mod 64) are the ones removed. Wrong version: channels-first rows."""
+  import tensorflow as tf
+  from lth_tf import models, ticket
+  model = ticket.wrap(models.build("conv2", (28, 28, 1), seed=3))
+  kernels = ticket.get_kernels(model)
+  units = {n: k.shape[-1] for n, k in kernels.items() if n != "output"}
+  units["conv2"] = 63
+  scores = {n: np.abs(k) for n, k in kernels.items()}
+  scores["conv2"][..., 5] = 0  # the weakest filter
+  mask = pruning.unit_masks(scores, {n: np.ones(k.shape, np.float32) for n, k in kernels.items()},
+                            units)
+  assert mask["conv2"][..., 5].sum() == 0 and mask["conv2"].sum() == 3 * 3 * 64 * 63
+  assert mask["fc1"].reshape(14, 14, 64, 256)[:, :, 5].sum() == 0
+  assert mask["fc1"].sum() == 14 * 14 * 63 * 256
+  ticket.set_masks(model, mask)
+  x = tf.constant(np.random.default_rng(0).integers(0, 255, (8, 28, 28, 1)).astype(np.uint8))
+  before = model(x, training=False).numpy()
+  conv2 = ticket.weight_layers(model)["conv2"]
+  conv2.bias.assign(conv2.bias + 5.0 * tf.one_hot(5, 64))
+  np.testing.assert_allclose(model(x, training=False).numpy(), before, rtol=0, atol=0)
+  conv2.bias.assign(conv2.bias + 5.0 * tf.one_hot(6, 64))  # a kept filter does matter
+  assert not np.allclose(model(x, training=False).numpy(), before)
+
+
+def test_a_unit_ticket_and_its_controls(tiny_config, splits, tmp_path):
+  """Rounds 1 and 2 keep the units of largest norm of the previous round's trained weights,
+  nested; random_prune keeps as many units, others; pruned units have no weights in or out."""
+  from lth_tf import experiment
+  cfg = tiny_config(rounds=2, iterations=40, structure="unit",
+                    controls=("reinit", "random_prune"))
+  out = str(tmp_path)
+  experiment.run(cfg, out, splits)
+  stage = lambda arm, r, f: f"{layout.stage_dir(out, arm, 0, r)}/{f}"  # noqa: E731
+  previous = artifacts.read_mask(stage("ticket", 0, "masks.npz"))
+  for r in (1, 2):
+    ticket = artifacts.read_mask(stage("ticket", r, "masks.npz"))
+    control = artifacts.read_mask(stage("random_prune", r, "masks.npz"))
+    trained = artifacts.read_weights(stage("ticket", r - 1, "weights.npz"))
+    want = pruning.unit_masks({n: np.abs(trained[n][0]) for n in ticket}, previous,
+                              cfg.unit_counts(r))
+    assert all(np.array_equal(ticket[n], want[n]) for n in ticket)
+    for mask in (ticket, control):
+      kept = {n: mask[n].any(axis=0) for n in mask}
+      assert {n: int(kept[n].sum()) for n in ("fc1", "fc2")} == cfg.unit_counts(r)
+      np.testing.assert_array_equal(mask["fc2"], np.outer(kept["fc1"], kept["fc2"]))
+      np.testing.assert_array_equal(mask["output"], np.outer(kept["fc2"], np.ones(10)))
+    assert not np.array_equal(ticket["fc1"], control["fc1"])
+    assert np.all(ticket["fc1"] <= previous["fc1"])
+    previous = ticket
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--structure=unit", "--model=resnet20", "--pruning=layerwise"], "plain chain"),
+    (["--structure=unit", "--pruning=synflow"], "pass --pruning=layerwise"),
+    (["--structure=unit", "--distribution=erk"], "drop --distribution=erk"),
+    (["--structure=unit", "--rounds=30"], "(100 units at rate 0.2 per round)"),
+])
+def test_a_unit_structure_that_cannot_run_is_refused_in_one_line(args, named, tmp_path):
+  model = [] if any(a.startswith("--model") for a in args) else ["--model=lenet300_100"]
+  proc = run_cli([*model, *args, f"--output_dir={tmp_path}/x"])
+  assert proc.returncode == 2 and named in error_line(proc), proc.stderr[-500:]
+  assert not (tmp_path / "x").exists()

@@ -17,7 +17,8 @@ class RandomPrune(base.Arm):
     rng = np.random.default_rng(self.mask_seed(src.cfg, trial, round_))
     return pruning.prune("random", src.ones(), None,  # positions from shapes alone
                          [((n,), c) for n, (c, _) in counts.items()], rng,
-                         n_of_m=src.cfg.n_of_m())  # with --structure, random N of every M
+                         n_of_m=src.cfg.n_of_m(),  # with --structure, random N of every M
+                         units=src.cfg.unit_counts(round_))  # or random whole units
 
   def mask_seed(self, cfg, trial, round_):
     return layout.arm_seed(cfg, self.name, trial, round_)

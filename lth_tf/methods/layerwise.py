@@ -15,7 +15,7 @@ class Layerwise(base.MaskFinder):
     trained = run.trained("ticket", trial, prev)
     return pruning.prune("magnitude", {n: trained[n][0] for n in run.mask_shapes},
                          run.mask("ticket", trial, prev), run.targets(round_),
-                         n_of_m=run.cfg.n_of_m())
+                         n_of_m=run.cfg.n_of_m(), units=run.cfg.unit_counts(round_))
 
 
 FINDER = Layerwise()
