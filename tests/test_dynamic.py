@@ -225,3 +225,14 @@ def test_a_grown_weight_starts_at_zero_and_a_dropped_one_is_zeroed_at_once(tiny_
   for n in new:
     assert np.all(kernels[n][grown[n]] == 0) and np.all(kernels[n][new[n] == 0] == 0)
     assert new[n].sum() == mask[n].sum()
+
+
+def test_the_linear_time_selection_is_a_stable_sorts_first_k():
+  """dynamic._lowest replaces a stable argsort for speed; it must keep the same set, ties to
+  the lower index (wrong version: np.argpartition alone, whose ties fall anywhere)."""
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    values = rng.integers(0, 4, 40).astype(np.float64)
+    k = int(rng.integers(0, 41))
+    assert set(dynamic._lowest(values, k).tolist()) == set(
+        np.argsort(values, kind="stable")[:k].tolist())
