@@ -49,6 +49,15 @@ def run_cli(args, cwd=REPO, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def assert_refused(args, named, tmp_path):
+  """``python -m lth_tf.main`` with ``args`` (LeNet unless they name a --model) exits with
+  code 2 and one error line containing ``named``, and writes nothing."""
+  model = [] if any(a.startswith("--model=") for a in args) else ["--model=lenet300_100"]
+  proc = run_cli([*model, *args, f"--output_dir={tmp_path}/x"])
+  assert proc.returncode == 2 and named in error_line(proc), proc.stderr[-500:]
+  assert not (tmp_path / "x").exists()
+
+
 def error_line(proc):
   """Our error: the last stderr line (TensorFlow may print start-up noise above it), one
   line with no traceback."""
