@@ -294,8 +294,10 @@ def compare_label(output_dir):
   cfg = experiment_config(output_dir)
   if cfg is None:
     return folder
-  method = method_registry.get(cfg.pruning).label + (" one-shot" if cfg.one_shot else "")
-  return f"{method} ({folder})"
+  finder = method_registry.get(cfg.pruning)
+  parts = [finder.label, "one-shot" if cfg.one_shot else "", cfg.structure,
+           "" if finder.needs_distribution else cfg.distribution]  # dynamic: always erk & co
+  return f"{' '.join(p for p in parts if p)} ({folder})"
 
 
 def plot_comparison(output_dirs, dest):
