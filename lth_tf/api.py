@@ -48,11 +48,10 @@ class Experiment:
     return table(self.rows, self.config.trials)
 
 
-def _check_int(name, value, low, high=None):
-  if (isinstance(value, bool) or not isinstance(value, int) or value < low
-      or (high is not None and value > high)):
-    bound = f" to {high}" if high is not None else " or more"
-    raise config.ConfigError(f"{name}={value!r} is invalid; pass a whole number of {low}{bound}")
+def _check_int(name, value, low):
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise config.ConfigError(f"{name}={value!r} is invalid; pass a whole number of {low} or "
+                             f"more")
 
 
 _CALMED = []
@@ -93,18 +92,17 @@ def run(cfg, output_dir, *, data_dir=None, manual_dir=None, threads=None, determ
   output_dir = os.fspath(output_dir)
   data_dir = None if data_dir is None else os.fspath(data_dir)
   manual_dir = None if manual_dir is None else os.fspath(manual_dir)
-  _check_int("threads", 0 if threads is None else threads, 0, config.MAX_THREADS)
-  _check_int("cpu_devices", cpu_devices, 0, config.MAX_CPU_DEVICES)
+  # The Runtime the command line resolves from the same flags (config.resolve checks them as
+  # it checks the flags: threads, cpu_devices, strategy, deterministic, xla); flags.cfg is its
+  # text.
+  _, runtime = config.resolve({
+      "model": cfg.model, "threads": 0 if threads is None else threads,
+      "deterministic": deterministic, "xla": xla, "strategy": strategy,
+      "cpu_devices": cpu_devices})
   _check_int("checkpoint_every", checkpoint_every, 0)
   if checkpoint_every % cfg.eval_every:
     raise config.ConfigError(f"checkpoint_every={checkpoint_every} must be 0 or a multiple of "
                              f"eval_every={cfg.eval_every}")
-  if strategy not in config.STRATEGIES:
-    raise config.ConfigError(f"strategy={strategy!r} is unknown; use one of "
-                             f"{', '.join(config.STRATEGIES)}")
-  for name, value in (("deterministic", deterministic), ("xla", xla)):
-    if not (isinstance(value, bool) or (name == "xla" and value is None)):
-      raise config.ConfigError(f"{name}={value!r} is not a boolean; pass True or False")
   if on_divergence not in ("continue", "stop"):
     raise config.ConfigError(f"on_divergence={on_divergence!r} is invalid; use 'continue' or "
                              f"'stop'")
@@ -112,11 +110,6 @@ def run(cfg, output_dir, *, data_dir=None, manual_dir=None, threads=None, determ
     raise config.ConfigError(f"manual_dir={manual_dir} is not a folder; pass the folder "
                              f"holding the {cfg.dataset} archives")
   main.check_writable(output_dir)
-
-  # The Runtime the command line resolves from the same flags: flags.cfg is its text.
-  _, runtime = config.resolve({
-      "model": cfg.model, "threads": threads or 0, "deterministic": deterministic, "xla": xla,
-      "strategy": strategy, "cpu_devices": cpu_devices})
   recorded = config.FlagsFile(cfg, runtime, output_dir, data_dir, manual_dir, checkpoint_every)
 
   old_verbosity = logging.get_verbosity()

@@ -599,11 +599,6 @@ _RUNTIME_FIELDS = {f.name for f in dataclasses.fields(Runtime)}
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-def method(cfg):
-  """The MaskFinder (lth_tf/methods) of ``cfg``'s --pruning."""
-  return method_registry.get(cfg.pruning)
-
-
 def groups(cfg, sizes, kinds):
   """How ``cfg`` groups the prunable layers: [(layer names, per-round rate)], in the order of
   ``sizes`` ({layer: weights}); ``kinds`` gives each layer's kind (conv, fc or output).

@@ -8,6 +8,7 @@ network the same way (a study redraws a lost θ0 bit for bit), without the loop 
 import functools
 
 from lth_tf import artifacts, config, data, distribute, models, ticket
+from lth_tf.methods import registry as method_registry
 
 
 def initial_weights(cfg, seed, shape=None):
@@ -45,7 +46,7 @@ def round_targets(cfg, model, round_):
 def make_trainer(cfg, model, jit_compile=True, strategy=None):
   """A trainer for ``model`` with ``cfg``'s optimizer, schedule and weight decay: a
   training.Trainer, or under a tf.distribute ``strategy`` a distribute.DistributedTrainer."""
-  moving = config.method(cfg).masks_move  # early stopping keeps the mask with the weights
+  moving = method_registry.get(cfg.pruning).masks_move  # early stopping keeps the mask with the weights
   return distribute.trainer(
       strategy, model, cfg.learning_rate, jit_compile, optimizer=cfg.optimizer,
       momentum=cfg.momentum,

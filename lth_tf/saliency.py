@@ -101,17 +101,14 @@ def _gradient(plain, variables, x, y, batches, batch_size, temperature=1.0):
   return total
 
 
-_DENSE_GRADIENTS = {}  # id(model) -> (model, its compiled gradient function)
-
-
 def dense_gradients(model, x, y):
   """{layer: ∂L/∂W} of a wrapped model's prunable kernels on one batch (x, y), pruned entries
   included: the wrapper multiplies its kernel variable by the mask by assignment before the
   forward pass reads it, so the gradient with respect to that variable is the dense one (what
   RigL grows by). L is the mean cross-entropy at ``training=False`` (no batch-norm statistics
-  move). Compiled once per model."""
-  model_, fn = _DENSE_GRADIENTS.get(id(model), (None, None))
-  if model_ is not model:
+  move). Compiled once per model and kept on it (so it goes when the model goes)."""
+  fn = model.__dict__.get("_lth_dense_gradients")
+  if fn is None:
     kernels = {n: w.pruning_vars[0][0] for n, w in ticket.wrappers(model).items()}
 
     @tf.function
@@ -121,7 +118,7 @@ def dense_gradients(model, x, y):
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=tf.cast(y, tf.int64), logits=logits))
       return tape.gradient(loss, kernels)
-    _DENSE_GRADIENTS[id(model)] = (model, fn)
+    object.__setattr__(model, "_lth_dense_gradients", fn)  # past Keras's attribute tracking
   return {n: g.numpy() for n, g in fn(tf.constant(x), tf.constant(y)).items()}
 
 
