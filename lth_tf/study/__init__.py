@@ -3,6 +3,7 @@
   python -m lth_tf.study consistency --output_dir=results/a,results/b
   python -m lth_tf.study properties --output_dir=results/a
   python -m lth_tf.study infoplane --output_dir=results/a --round=7
+  python -m lth_tf.study instability --output_dir=results/a --rounds=0,3,7 --trials=0,1
 
 ``consistency``: does iterative magnitude pruning find the same ticket in every trial (Jaccard
 index and overlap against chance of the trials' masks), and LeNet's fc1 input connectivity.
@@ -11,6 +12,8 @@ through training), how far each arm's surviving weights travel in training, and 
 accuracy of the untrained masked network θ0⊙m ("supermask").
 ``infoplane``: I(X;T) and I(T;Y) of each hidden layer during training of the dense network,
 the ticket and its reinit control at one round (retrained with the core Trainer).
+``instability``: the error barrier on the straight line between two copies of a stage trained
+with different batch orders (Frankle et al. 2020), and between successive IMP rounds' tickets.
 
 Library functions (``consistency.run``, ``properties.run``) take plain arguments; the flags
 live in ``__main__``. This module stays light: the studies import TensorFlow, so that the
@@ -20,7 +23,7 @@ import os
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
-STUDIES = ("consistency", "properties", "infoplane")
+STUDIES = ("consistency", "properties", "infoplane", "instability")
 
 
 def folder_problem(output_dir, isdir=os.path.isdir, exists=os.path.exists):

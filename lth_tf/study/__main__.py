@@ -29,11 +29,22 @@ def define_flags():
   flags.DEFINE_integer("subset", 5000, "infoplane: training examples the estimates use.")
   flags.DEFINE_string("estimator", "kde", "infoplane: kde (pairwise-distance bound, noise "
                       "variance 0.1) or binning (30 equal-width bins; saturates for wide layers).")
+  flags.DEFINE_list("rounds", None, "instability: the rounds to analyse, e.g. 0,3,7,11,15 "
+                    "(default: every round); each costs up to three trainings per arm.")
+  flags.DEFINE_list("trials", ["0"], "instability: the trials to analyse.")
+  flags.DEFINE_list("arms", None, "instability: ticket and/or the folder's controls (default: "
+                    "ticket, reinit and random_prune where they ran).")
+  flags.DEFINE_integer("path_points", 11, "instability: evenly spaced points of the path "
+                       "between the two copies where test error is evaluated (at least 3).")
+  flags.DEFINE_integer("rewind_iteration", None, "instability: start the ticket's copies from "
+                       "θ_k⊙m, the dense network after k iterations (a multiple of "
+                       "--eval_every), instead of the experiment's start.")
   flags.DEFINE_string("data_dir", None, "properties: TFDS data dir (default: the experiment's, "
                       "from its flags.cfg).")
   flags.DEFINE_string("manual_dir", None, "properties: folder of the dataset's original "
                       "archives (default: the experiment's, from its flags.cfg).")
-  flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: all cores).")
+  flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: all cores; instability: "
+                       "the experiment's --threads, so copy A reproduces its stage).")
 
 
 def fail(message):
@@ -54,6 +65,19 @@ def main(argv):
   dirs = [d for d in (FLAGS.output_dir or []) if d]
   if not dirs:
     fail(f"--output_dir is required; pass the folder of an experiment run by lth_tf.main: {USAGE}")
+  instability_only = [f for f in ("rounds", "arms", "rewind_iteration")
+                      if FLAGS[f].present and name != "instability"]
+  if instability_only:
+    fail(f"--{instability_only[0]} applies to the instability study only; drop it")
+  if name == "instability":
+    if len(dirs) != 1:
+      fail("instability needs one --output_dir")
+    lists = {}
+    for flag in ("rounds", "trials"):
+      try:
+        lists[flag] = None if FLAGS[flag].value is None else [int(v) for v in FLAGS[flag].value]
+      except ValueError:
+        fail(f"--{flag}={','.join(FLAGS[flag].value)} is not a list of integers; pass e.g. 0,3,7")
   if name == "properties" and FLAGS.round is not None:
     fail("--round applies to the consistency and infoplane studies only; drop it")
   if name == "infoplane" and (FLAGS.round is None or len(dirs) != 1):
@@ -68,12 +92,25 @@ def main(argv):
   import tensorflow as tf  # heavy: only once the command line is known to be good
 
   from lth_tf import artifacts, data
-  from lth_tf.study import common, consistency, infoplane, properties
-  if FLAGS.threads:
-    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+  from lth_tf.study import common, consistency, infoplane, instability, properties
+  threads = FLAGS.threads
+  if name == "instability":  # copy A reproduces the experiment's stage: its threads, its ops
+    try:
+      runtime = artifacts.read_flags_file(dirs[0]).runtime
+    except Exception as e:  # noqa: BLE001  (a bad flags.cfg: one line, as every other error)
+      fail(f"--output_dir={dirs[0]}: its flags.cfg cannot be read ({e})")
+    threads = threads or runtime.threads
+    if runtime.deterministic:
+      tf.config.experimental.enable_op_determinism()
+  if threads:
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
   try:
     if name == "consistency":
       written = consistency.run(dirs, round_=FLAGS.round)
+    elif name == "instability":
+      written = instability.run(dirs[0], data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
+                                arms=FLAGS.arms, trials=lists["trials"], rounds=lists["rounds"],
+                                points=FLAGS.path_points, rewind_iteration=FLAGS.rewind_iteration)
     elif name == "infoplane":
       written = infoplane.run(dirs[0], FLAGS.round, data_dir=FLAGS.data_dir,
                               manual_dir=FLAGS.manual_dir, iterations=FLAGS.iterations,
