@@ -129,8 +129,12 @@ RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learn
                 "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
                 "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
                 "lr_drop_factor", "weight_decay", "strategy", "cpu_devices", "distribution",
-                "structure", "dst_interval", "dst_fraction", "dst_end")
+                "structure", "dst_interval", "dst_fraction", "dst_end", "eb_distance")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
+EB_DISTANCES = ("jaccard", "hamming")
+# The early-bird rule of folders whose flags.cfg predates --eb_distance: their numbers were
+# made with it, so reading such a file must not silently switch them to the new default.
+EB_DISTANCE_BEFORE_FLAG = "hamming"
 LOCATION_FLAGS = ("data_dir", "manual_dir", "checkpoint_every")  # where, not what
 
 
@@ -217,6 +221,8 @@ class FlagsFile:
     if "model" not in flags:
       raise ConfigError("no --model; this is not an experiment's flags.cfg")
     typed = _typed(flags)
+    if "eb_distance" not in typed and typed.get("pruning") == "early_bird":
+      typed["eb_distance"] = EB_DISTANCE_BEFORE_FLAG
     cfg, runtime = resolve({k: v for k, v in typed.items() if k in RESULT_FLAGS})
     return cls(cfg, runtime, flags.get("output_dir", ""), flags.get("data_dir"),
                flags.get("manual_dir"), typed.get("checkpoint_every"))
@@ -287,7 +293,7 @@ class Config:
   same_init: bool = False  # every trial starts from trial 0's θ0 (only the data order differs)
   score_batches: int = 1  # snip/grasp: batches of --batch_size scored at θ0
   synflow_iterations: int = 100
-  eb_epsilon: float = 0.1  # early_bird: max normalised Hamming distance within the window
+  eb_epsilon: float = 0.1  # early_bird: max mask distance (eb_distance) within the window
   eb_window: int = 5
   optimizer: str = "adam"
   momentum: float = 0.9  # sgd only
@@ -308,6 +314,11 @@ class Config:
   dst_interval: int = 100
   dst_fraction: float = 0.3
   dst_end: float = 0.75
+  # early_bird's mask distance: "jaccard" (1 − IoU of the kept weights: a fraction of what is
+  # kept, so it means the same at 50% and at 3% of weights) or "hamming" (the fraction of all
+  # weights that differ, You et al.'s: below ~5% kept it cannot exceed ε = 0.1, so it settles
+  # at once). Folders written before the flag existed used hamming (EB_DISTANCE_BEFORE_FLAG).
+  eb_distance: str = "jaccard"
 
   def __post_init__(self):
     self.validate()  # a Config that exists is a valid one
@@ -353,6 +364,9 @@ class Config:
       raise ConfigError(f"--dst_fraction={self.dst_fraction} is outside (0, 1); pass e.g. 0.3")
     if not (isinstance(self.dst_end, (int, float)) and 0.0 < self.dst_end <= 1.0):
       raise ConfigError(f"--dst_end={self.dst_end} is outside (0, 1]; pass e.g. 0.75")
+    if self.eb_distance not in EB_DISTANCES:
+      raise ConfigError(f"--eb_distance={self.eb_distance} is unknown; pass one of "
+                        f"{', '.join(EB_DISTANCES)}")
     if not (isinstance(self.eb_epsilon, (int, float)) and 0.0 < self.eb_epsilon < 1.0):
       raise ConfigError(f"--eb_epsilon={self.eb_epsilon} is outside (0, 1); pass e.g. 0.1")
     if self.iterations < self.eval_every or self.iterations % self.eval_every:

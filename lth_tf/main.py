@@ -80,6 +80,10 @@ flags.DEFINE_integer("score_batches", 1, "snip/grasp: batches scored at θ0.")
 flags.DEFINE_integer("synflow_iterations", 100, "synflow: pruning iterations per mask.")
 flags.DEFINE_float("eb_epsilon", 0.1, "early_bird: mask distance below which it has settled.")
 flags.DEFINE_integer("eb_window", 5, "early_bird: consecutive evaluations that must agree.")
+flags.DEFINE_string("eb_distance", "jaccard", "early_bird: the mask "
+                  "distance --eb_epsilon bounds: jaccard (1 - IoU of the kept weights; means the "
+                  "same at any sparsity) or hamming (fraction of all weights that differ, You et "
+                  "al.'s; vacuous below ~5% kept).")
 flags.DEFINE_float("prune_rate", None, "Global pruning's per-round rate, and with "
                    "--distribution the overall one (default: --prune_rate_fc).")
 flags.DEFINE_string("distribution", "", "Split round r's overall density (1 - --prune_rate)^r "

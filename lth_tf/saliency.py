@@ -314,13 +314,35 @@ def mask_hamming(a, b):
   return differ / total if total else 0.0
 
 
+def mask_jaccard_distance(a, b):
+  """1 − IoU of the kept weights of two masks, pooled over layers: the fraction of the weights
+  kept by either mask that only one keeps. Unlike ``mask_hamming`` it is relative to what is
+  kept, so ε means the same at every sparsity (two masks keeping 3% each can differ in every
+  kept weight and still be within 0.06 of each other by Hamming distance). 0 for two empty
+  masks."""
+  if set(a) != set(b):
+    raise ValueError(f"masks cover different layers: {sorted(a)} vs {sorted(b)}")
+  both = either = 0
+  for n in a:
+    x, y = np.asarray(a[n]) > 0, np.asarray(b[n]) > 0
+    if x.shape != y.shape:
+      raise ValueError(f"layer {n!r}: shapes {x.shape} and {y.shape} differ")
+    both += int(np.count_nonzero(x & y))
+    either += int(np.count_nonzero(x | y))
+  return 1.0 - both / either if either else 0.0
+
+
+MASK_DISTANCES = {"jaccard": mask_jaccard_distance, "hamming": mask_hamming}
+
+
 class EarlyBird:
   """Early-bird ticket detector (You et al. 2020, "Drawing Early-Bird Tickets").
 
   Feed it the mask drawn after each epoch (e.g. magnitude pruning of the current weights to
   the target): ``update(mask)`` keeps the last ``window`` masks in a FIFO queue and returns
-  True once the queue is full and the MAXIMUM normalised Hamming distance (``mask_hamming``)
-  among the masks in the queue is below ``epsilon`` (the paper's rule; l = 5, ε = 0.1).
+  True once the queue is full and the MAXIMUM distance among the masks in the queue is below
+  ``epsilon`` (the paper's rule with ``distance="hamming"``, ``mask_hamming``; l = 5, ε = 0.1;
+  ``"jaccard"``, ``mask_jaccard_distance``, measures it relative to the kept weights).
 
   "Maximum distance in the queue" is taken over ALL pairs of queued masks, so it implies both
   that every consecutive pair of the last ``window`` masks is closer than ``epsilon`` and
@@ -330,10 +352,12 @@ class EarlyBird:
   maximum (None until the queue is full).
   """
 
-  def __init__(self, epsilon=0.1, window=5):
+  def __init__(self, epsilon=0.1, window=5, distance="hamming"):
     if window < 2:
       raise ValueError("window must be at least 2")
-    self.epsilon, self.window = epsilon, window
+    if distance not in MASK_DISTANCES:
+      raise ValueError(f"distance={distance!r} is unknown; use one of {', '.join(MASK_DISTANCES)}")
+    self.epsilon, self.window, self.distance = epsilon, window, MASK_DISTANCES[distance]
     self.masks = collections.deque(maxlen=window)
     self.distances, self.max_distance = {}, None
 
@@ -342,7 +366,7 @@ class EarlyBird:
     self.masks.append({n: np.asarray(m) > 0 for n, m in mask.items()})
     if len(self.masks) < self.window:
       return False
-    self.distances = {(i, j): mask_hamming(self.masks[i], self.masks[j])
+    self.distances = {(i, j): self.distance(self.masks[i], self.masks[j])
                       for i, j in itertools.combinations(range(self.window), 2)}
     self.max_distance = max(self.distances.values())
     return self.max_distance < self.epsilon

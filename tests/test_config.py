@@ -7,6 +7,7 @@ import glob
 import pathlib
 
 import pytest
+from conftest import assert_refused
 from lth_tf import artifacts, config
 
 PACKAGE = pathlib.Path(config.__file__).parent
@@ -73,6 +74,8 @@ def test_every_committed_flags_cfg_reads_back_to_the_same_lines():
     added = {k: v for k, v in _flags(recorded.text()).items() if k not in _flags(text)}
     defaults = config.FlagsFile(config.paper_config(recorded.config.model), recorded.runtime,
                                 "x").flags()
+    if recorded.config.pruning == "early_bird":  # its rule before --eb_distance existed
+      defaults["eb_distance"] = config.EB_DISTANCE_BEFORE_FLAG
     assert added == {k: defaults[k] for k in added}, path
 
 
@@ -86,6 +89,24 @@ def test_an_older_flags_cfg_resolves_its_missing_flags_from_its_own_values():
   back = config.FlagsFile.parse(_flags(older))
   assert back.config.prune_rate == 0.3 and back.config.weight_decay == 0.0
   assert back.differences(config.FlagsFile(cfg, runtime, "x")) == []
+
+
+def test_an_early_bird_folder_from_before_eb_distance_keeps_its_hamming_rule(tmp_path):
+  """An early-bird flags.cfg without --eb_distance was made with the Hamming rule; reading it
+  must say so (wrong: the new default, jaccard, which a rerun would then train with, mixing
+  two rules in one folder). Other folders without the line take the default (a rerun of a
+  layerwise folder must not be refused for a flag it never used)."""
+  for pruning, expected in (("early_bird", "hamming"), ("layerwise", "jaccard")):
+    cfg, runtime = config.resolve(dict(model="lenet300_100", pruning=pruning))
+    text = config.FlagsFile(cfg, runtime, "x").text()
+    assert "--eb_distance=jaccard" in text.splitlines()
+    older = "".join(line + "\n" for line in text.splitlines()
+                    if not line.startswith("--eb_distance="))
+    assert config.FlagsFile.parse(_flags(older)).config.eb_distance == expected
+    assert config.FlagsFile.parse(_flags(text)).config.eb_distance == "jaccard"
+  committed = artifacts.read_flags_file(str(REPO / "results" / "lenet_fashion_mnist_early_bird"))
+  assert committed.config.eb_distance == "hamming"
+  assert_refused(["--pruning=early_bird", "--eb_distance=iou"], "--eb_distance", tmp_path)
 
 
 def test_differences_ignore_only_the_flags_that_add_stages():

@@ -51,6 +51,7 @@ BAD = {
     "synflow_iterations": [("0", ()), ("-1", ()), ("abc", ())],
     "eb_epsilon": [("0", ()), ("-1", ()), ("1", ()), ("nan", ()), ("abc", ())],
     "eb_window": [("1", ()), ("0", ()), (HUGE, ("--pruning=early_bird",)), ("abc", ())],
+    "eb_distance": [("iou", ("--pruning=early_bird",)), ("", ())],
     "prune_rate": [("-0.1", ()), ("1", ()), ("nan", ()), ("abc", ())],
     "global_output_layer": [("maybe", ())],
     "structure": [("4:4", ("--rounds=1",)), ("2-4", ("--rounds=1",)), ("unit:", ()),

@@ -189,6 +189,42 @@ def test_mask_hamming():
     saliency.mask_hamming(a, {"x": a["x"]})
 
 
+def test_mask_jaccard_distance_is_relative_to_the_kept_weights():
+  a = {"x": np.array([1, 0, 1, 1], np.float32), "y": np.zeros((2, 3), np.float32)}
+  b = {"x": np.array([1, 1, 1, 0], np.float32), "y": np.zeros((2, 3), np.float32)}
+  assert saliency.mask_jaccard_distance(a, a) == 0.0
+  # kept by either: 4 positions, by both: 2 -> 1 − 2/4 (Hamming would say 2/10)
+  assert saliency.mask_jaccard_distance(a, b) == pytest.approx(0.5)
+  empty = {"x": np.zeros(4, np.float32), "y": np.zeros((2, 3), np.float32)}
+  assert saliency.mask_jaccard_distance(empty, empty) == 0.0
+  with pytest.raises(ValueError):
+    saliency.mask_jaccard_distance(a, {"x": a["x"]})
+
+
+def test_at_high_sparsity_only_the_jaccard_rule_waits_for_the_mask_to_settle():
+  """3% of 10,000 weights kept, and every window the kept set is redrawn at random: nothing
+  has settled, yet the masks differ in at most 6% of all positions, so the Hamming rule
+  (ε = 0.1) fires as soon as its window is full; the Jaccard rule (disjoint kept sets:
+  distance ~1) never does, until the masks stop moving."""
+  rng = np.random.default_rng(0)
+
+  def random_mask():
+    m = np.zeros(10_000, np.float32)
+    m[rng.choice(10_000, 300, replace=False)] = 1
+    return {"w": m.reshape(100, 100)}
+
+  moving = [random_mask() for _ in range(6)]
+  settled = [moving[-1]] * 5
+  hamming = saliency.EarlyBird(0.1, 5, distance="hamming")
+  jaccard = saliency.EarlyBird(0.1, 5, distance="jaccard")
+  h = [hamming.update(m) for m in moving + settled]
+  j = [jaccard.update(m) for m in moving + settled]
+  assert h.index(True) == 4  # the first full window: vacuous
+  assert j.index(True) == 9 and not any(j[:9])  # the first window of one mask (5..9)
+  with pytest.raises(ValueError, match="distance"):
+    saliency.EarlyBird(0.1, 5, distance="iou")
+
+
 def test_early_bird_stops_once_masks_settle_and_not_before():
   rng = np.random.default_rng(0)
   n = 1000

@@ -1,8 +1,10 @@
 """Early-bird tickets (You et al. 2020): during the dense round, the magnitude mask of every
 later round's sparsity is recomputed at each evaluation; a mask has settled when the masks of
-the last --eb_window evaluations are all within --eb_epsilon (normalised Hamming distance) of
-each other, and is recorded then. Rounds still unsettled at the end take the final magnitude
-mask. Each round's ticket then trains its recorded mask from θ0."""
+the last --eb_window evaluations are all within --eb_epsilon of each other (--eb_distance:
+1 − IoU of the kept weights by default; You et al.'s normalised Hamming distance, which cannot
+exceed 0.1 below ~5% of weights kept, with --eb_distance=hamming), and is recorded then.
+Rounds still unsettled at the end take the final magnitude mask. Each round's ticket then
+trains its recorded mask from θ0."""
 from lth_tf.methods import base
 
 
@@ -47,7 +49,8 @@ class EarlyBird(base.MaskFinder):
 
     class EarlyBirdRecorder(keras.callbacks.Callback):
       def on_train_begin(self, logs=None):
-        self.detectors = {r: saliency.EarlyBird(cfg.eb_epsilon, cfg.eb_window)
+        self.detectors = {r: saliency.EarlyBird(cfg.eb_epsilon, cfg.eb_window,
+                                                   cfg.eb_distance)
                           for r in range(1, cfg.rounds + 1)}
         self.found = {}
 
