@@ -67,7 +67,7 @@ def label(stage):
 def load_splits(cfg, data_dir, manual_dir):
   """The experiment's data splits, checked against the dataset's image shape."""
   splits = data.load(cfg.dataset, data_dir, manual_dir,
-                     split_seed=layout.derive_seed(cfg.seed, "split"))
+                     split_seed=layout.split_seed(cfg))
   if splits.train_x.shape[1:] != data.SHAPES[cfg.dataset]:
     raise config.ConfigError(f"--dataset={cfg.dataset} gave images of shape "
                                  f"{splits.train_x.shape[1:]}, expected "

@@ -294,3 +294,16 @@ def test_cli_refuses_bad_lists_and_misplaced_flags(exp_dir):
     lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
     assert proc.returncode == 2 and named in lines[-1], proc.stderr[-400:]
     assert "Traceback" not in proc.stderr
+
+
+def test_studies_that_retrain_split_the_data_as_the_experiment_did(exp_dir, monkeypatch):
+  """Wrong: the loader's default split (seed 0): the validation examples then differ, so the
+  retrained copy A (and infoplane's runs) train on other examples than the stage did."""
+  from lth_tf import data
+  from lth_tf.study import properties
+  seen = {}
+  monkeypatch.setattr(data, "check_available", lambda *a, **k: None)
+  monkeypatch.setattr(data, "load", lambda *a, **k: seen.update(k))
+  exp = common.load(exp_dir[0])
+  properties.load_test_split(exp, "somewhere", "elsewhere")
+  assert seen["split_seed"] == layout.split_seed(exp.cfg) != 0

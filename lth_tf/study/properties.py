@@ -21,7 +21,7 @@ import math
 import numpy as np
 from absl import logging
 
-from lth_tf import artifacts, data, models, plot, ticket, training
+from lth_tf import artifacts, data, layout, models, plot, ticket, training
 from lth_tf.arms import registry as arm_registry
 from lth_tf.study import common
 
@@ -107,11 +107,13 @@ class Evaluator:
 
 
 def load_test_split(exp, data_dir=None, manual_dir=None):
-  """The dataset of ``exp`` (its --data_dir/--manual_dir from flags.cfg unless given)."""
+  """The dataset of ``exp`` (its --data_dir/--manual_dir from flags.cfg unless given), split
+  into training and validation examples as the experiment split it: the studies that retrain
+  (infoplane, instability) train on the experiment's own training examples."""
   data_dir = data_dir or exp.resolve(exp.recorded.data_dir)
   manual_dir = manual_dir or exp.resolve(exp.recorded.manual_dir)
   data.check_available(exp.cfg.dataset, data_dir, manual_dir)
-  return data.load(exp.cfg.dataset, data_dir, manual_dir)
+  return data.load(exp.cfg.dataset, data_dir, manual_dir, split_seed=layout.split_seed(exp.cfg))
 
 
 FINAL_METRICS = ("final_sign_equals_theta0", "final_sign_equals_start", "distance_travelled")
