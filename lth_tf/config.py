@@ -132,9 +132,6 @@ RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learn
                 "structure", "dst_interval", "dst_fraction", "dst_end", "eb_distance")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 EB_DISTANCES = ("jaccard", "hamming")
-# The early-bird rule of folders whose flags.cfg predates --eb_distance: their numbers were
-# made with it, so reading such a file must not silently switch them to the new default.
-EB_DISTANCE_BEFORE_FLAG = "hamming"
 LOCATION_FLAGS = ("data_dir", "manual_dir", "checkpoint_every")  # where, not what
 
 
@@ -221,8 +218,10 @@ class FlagsFile:
     if "model" not in flags:
       raise ConfigError("no --model; this is not an experiment's flags.cfg")
     typed = _typed(flags)
-    if "eb_distance" not in typed and typed.get("pruning") == "early_bird":
-      typed["eb_distance"] = EB_DISTANCE_BEFORE_FLAG
+    pruning = method_registry.ALIASES.get(typed.get("pruning"), typed.get("pruning"))
+    if pruning in method_registry.METHODS:  # flags added since: what this method did before
+      for name, value in method_registry.get(pruning).before_flags.items():
+        typed.setdefault(name, value)
     cfg, runtime = resolve({k: v for k, v in typed.items() if k in RESULT_FLAGS})
     return cls(cfg, runtime, flags.get("output_dir", ""), flags.get("data_dir"),
                flags.get("manual_dir"), typed.get("checkpoint_every"))
@@ -317,7 +316,7 @@ class Config:
   # early_bird's mask distance: "jaccard" (1 − IoU of the kept weights: a fraction of what is
   # kept, so it means the same at 50% and at 3% of weights) or "hamming" (the fraction of all
   # weights that differ, You et al.'s: below ~5% kept it cannot exceed ε = 0.1, so it settles
-  # at once). Folders written before the flag existed used hamming (EB_DISTANCE_BEFORE_FLAG).
+  # at once). Early-bird folders written before the flag read as hamming (their before_flags).
   eb_distance: str = "jaccard"
 
   def __post_init__(self):

@@ -9,6 +9,7 @@ import pathlib
 import pytest
 from conftest import assert_refused
 from lth_tf import artifacts, config
+from lth_tf.methods import registry as method_registry
 
 PACKAGE = pathlib.Path(config.__file__).parent
 REPO = PACKAGE.parent
@@ -74,8 +75,7 @@ def test_every_committed_flags_cfg_reads_back_to_the_same_lines():
     added = {k: v for k, v in _flags(recorded.text()).items() if k not in _flags(text)}
     defaults = config.FlagsFile(config.paper_config(recorded.config.model), recorded.runtime,
                                 "x").flags()
-    if recorded.config.pruning == "early_bird":  # its rule before --eb_distance existed
-      defaults["eb_distance"] = config.EB_DISTANCE_BEFORE_FLAG
+    defaults.update(method_registry.get(recorded.config.pruning).before_flags)
     assert added == {k: defaults[k] for k in added}, path
 
 

@@ -42,6 +42,9 @@ class MaskFinder:
   # True: its layers take the densities of --distribution, erk unless given (dynamic sparse
   # training); False: --distribution is optional.
   needs_distribution = False
+  # {flag: value}: what this method did for a flag added after folders of it were written,
+  # where the flag's default now does otherwise; a flags.cfg without the flag reads as this.
+  before_flags = {}
   # True: the ticket's mask changes while it trains (training_callback moves it), so the
   # early-stopping bookkeeping keeps the mask with the weights.
   masks_move = False

@@ -12,6 +12,7 @@ class EarlyBird(base.MaskFinder):
   name = "early_bird"
   exact = False  # masks come from the dense round's training
   masks_from_dense_round = True
+  before_flags = {"eb_distance": "hamming"}  # the rule before --eb_distance (default jaccard)
 
   def problems(self, cfg):
     problem = base.from_theta0_problem(self.name, cfg)
