@@ -265,41 +265,71 @@ def test_cli_unfinished_output_dir_exits_2(tmp_path):
 
 
 def test_mutual_information_on_known_cases():
-  from lth_tf.study import infoplane
+  from lth_tf.study import estimators, infoplane
   rng = np.random.default_rng(0)
   x = rng.permutation(256)[:, None].astype(float)  # 256 distinct inputs
   y = rng.integers(0, 4, 256)
-  ids = infoplane.discretize(x, bins=256)
-  i_xt, i_ty = infoplane.mutual_information(ids, y)
+  ids = estimators.pattern_ids(estimators.equal_width_bins(x, bins=256))
+  i_xt, i_ty = estimators.discrete_information(ids, y)
   assert abs(i_xt - 8.0) < 1e-9  # T = X: I(X;T) = H(X) = log2(256)
-  h_y = infoplane.entropy(np.bincount(y))
+  h_y = estimators.entropy(np.bincount(y))
   assert abs(i_ty - h_y) < 1e-9  # T determines Y: I(T;Y) = H(Y)
-  const = infoplane.mutual_information(np.zeros(256, int), y)
+  const = estimators.discrete_information(np.zeros(256, int), y)
   assert const == (0.0, 0.0)  # a constant T carries nothing
-  from_y = infoplane.mutual_information(y, y)  # T = Y
+  from_y = estimators.discrete_information(y, y)  # T = Y
   assert abs(from_y[0] - h_y) < 1e-9 and abs(from_y[1] - h_y) < 1e-9
   # KDE bound: identical points carry no information; far-apart points reach log2(N), and
   # classes that are far apart give I(T;Y) = H(Y)
-  same = infoplane.kde_mutual_information(np.zeros((64, 3)), y[:64])
+  same = estimators.pairwise_information(np.zeros((64, 3)), y[:64], 0.1)
   assert abs(same[0]) < 1e-6 and abs(same[1]) < 1e-6
-  spread = infoplane.kde_mutual_information(100.0 * np.eye(64), y[:64])
+  spread = estimators.pairwise_information(100.0 * np.eye(64), y[:64], 0.1)
   assert abs(spread[0] - 6.0) < 1e-4
-  by_class = infoplane.kde_mutual_information(100.0 * y[:64, None].astype(float), y[:64])
-  assert abs(by_class[1] - infoplane.entropy(np.bincount(y[:64]))) < 1e-4
+  by_class = estimators.pairwise_information(100.0 * y[:64, None].astype(float), y[:64], 0.1)
+  assert abs(by_class[1] - estimators.entropy(np.bincount(y[:64]))) < 1e-4
   assert infoplane.snapshot_iterations(15000, 30)[0] == 0
   assert len(infoplane.snapshot_iterations(15000, 30)) in range(25, 31)
 
 
 def test_infoplane_trajectories_for_dense_ticket_reinit(study_exp, splits):
   from lth_tf.study import infoplane
-  cfg, out = study_exp[0], study_exp[1]
-  written = infoplane.run(out, 1, splits=splits, iterations=40, points=6, subset=200)
-  binning = infoplane.run(out, 1, splits=splits, iterations=40, points=3, subset=100,
-                          estimator="binning")
-  assert binning[0].endswith("study_infoplane.csv")
-  rows = common.read_csv(f"{out}/study_infoplane.csv")
+  out = study_exp[1]
+  written = infoplane.run(out, 1, splits=splits, iterations=40, points=6, subset=200,
+                          sigmas=(0.3, 1.0))
+  assert written[0].endswith("study_infoplane_noisy_kde.csv")
+  assert written[1].endswith("plots/infoplane_noisy_kde.png")
+  rows = common.read_csv(written[0], infoplane.COLUMNS)
   assert {r["arm"] for r in rows} == {"dense", "ticket", "reinit"}
   assert {r["layer"] for r in rows} == {"fc1", "fc2"}
+  assert {r["sigma"] for r in rows} == {0.3, 1.0}
   for r in rows:
-    assert 0 <= float(r["i_ty"]) <= float(r["i_xt"]) + 1e-9 <= np.log2(200) + 1e-9
+    assert r["i_xt_lower"] <= r["i_xt"] + 1e-9 <= np.log2(200) + 1e-9
+    assert r["i_ty"] <= r["i_xt"] + 1e-9
+  # more noise, less information: every (arm, iteration, layer) at σ = 1 below σ = 0.3
+  by = {(r["arm"], r["iteration"], r["layer"], r["sigma"]): r["i_xt"] for r in rows}
+  assert all(by[k[:3] + (1.0,)] < v for k, v in by.items() if k[3] == 0.3)
   assert open(written[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  for estimator in ("binning", "adaptive_binning", "kde"):
+    path = infoplane.run(out, 1, splits=splits, iterations=40, points=3, subset=100,
+                         estimator=estimator)[0]
+    assert path.endswith(f"study_infoplane_{estimator}.csv")
+    for r in common.read_csv(path):
+      assert 0 <= r["i_ty"] <= r["i_xt"] + 1e-9 <= np.log2(100) + 1e-9
+  with pytest.raises(common.StudyError, match="--sigma"):
+    infoplane.run(out, 1, splits=splits, sigmas=(0.3, -1.0))
+  with pytest.raises(common.StudyError, match="--estimator"):
+    infoplane.run(out, 1, splits=splits, estimator="mine")
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--sigma=0.3,0"], "--sigma"),
+    (["--sigma=-1"], "--sigma"),
+    (["--estimator=mine"], "--estimator"),
+    (["--bins=1"], "--bins"),
+])
+def test_infoplane_cli_refuses_bad_estimator_settings(args, named):
+  proc = run_study_cli("infoplane", "--output_dir=results/lenet_fashion_mnist", "--round=7",
+                       *args)
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert proc.returncode == 2 and named in lines[-1] and "Traceback" not in proc.stderr
+
+

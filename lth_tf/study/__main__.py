@@ -27,8 +27,14 @@ def define_flags():
                        "experiment's --iterations).")
   flags.DEFINE_integer("points", 30, "infoplane: log-spaced measurement iterations.")
   flags.DEFINE_integer("subset", 5000, "infoplane: training examples the estimates use.")
-  flags.DEFINE_string("estimator", "kde", "infoplane: kde (pairwise-distance bound, noise "
-                      "variance 0.1) or binning (30 equal-width bins; saturates for wide layers).")
+  flags.DEFINE_string("estimator", "noisy_kde", "infoplane: noisy_kde (T plus Gaussian noise "
+                      "of σ = --sigma × the layer's spread; Kolchinsky & Tracey's bounds), "
+                      "adaptive_binning (--bins equal-mass bins per unit), kde (noise variance "
+                      "0.1) or binning (--bins equal-width bins; saturates for wide layers).")
+  flags.DEFINE_list("sigma", ["0.1", "0.3", "1.0"], "infoplane, noisy_kde: noise levels "
+                    "relative to each layer's spread (RMS distance of an example's activations "
+                    "from their mean), one figure row each.")
+  flags.DEFINE_integer("bins", 30, "infoplane, binning estimators: bins per unit.")
   flags.DEFINE_list("rounds", None, "instability: the rounds to analyse, e.g. 0,3,7,11,15 "
                     "(default: every round); each costs up to three trainings per arm.")
   flags.DEFINE_list("trials", ["0"], "instability: the trials to analyse.")
@@ -84,6 +90,20 @@ def main(argv):
     fail("infoplane needs one --output_dir and --round=<a finished round >= 1>")
   if FLAGS.round is not None and FLAGS.round < 0:
     fail(f"--round={FLAGS.round} is negative; pass a finished round (0 or more)")
+  if name == "infoplane":
+    from lth_tf.study import estimators  # TensorFlow-free
+    if FLAGS.estimator not in estimators.ESTIMATORS:
+      fail(f"--estimator={FLAGS.estimator} is unknown; use one of "
+           f"{', '.join(estimators.ESTIMATORS)}")
+    try:
+      sigmas = [float(v) for v in FLAGS.sigma]
+    except ValueError:
+      fail(f"--sigma={','.join(FLAGS.sigma)} is not a list of numbers; pass e.g. 0.1,0.3,1.0")
+    if not sigmas or any(not 0 < v < float("inf") for v in sigmas):
+      fail(f"--sigma={','.join(FLAGS.sigma)}: every noise level must be positive; pass levels "
+           f"relative to the layer's spread, e.g. 0.1,0.3,1.0")
+    if FLAGS.bins < 2:
+      fail(f"--bins={FLAGS.bins} is invalid; pass at least 2 (e.g. 30)")
   for d in dirs:  # local folders are checked before paying for TensorFlow's import
     problem = None if "://" in d else folder_problem(d)
     if problem:
@@ -115,7 +135,7 @@ def main(argv):
       written = infoplane.run(dirs[0], FLAGS.round, data_dir=FLAGS.data_dir,
                               manual_dir=FLAGS.manual_dir, iterations=FLAGS.iterations,
                               points=FLAGS.points, subset=FLAGS.subset,
-                              estimator=FLAGS.estimator)
+                              estimator=FLAGS.estimator, sigmas=sigmas, bins=FLAGS.bins)
     else:
       written = []
       for d in dirs:

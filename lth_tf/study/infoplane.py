@@ -1,75 +1,43 @@
 """The information plane of a ticket: I(X;T) and I(T;Y) of each hidden layer during training.
 
 For the dense network, the ticket and its reinit control at one round, retrain each with the
-core Trainer (the same compiled step, batch order and start weights as the experiment's stage)
-and, at ~30 log-spaced iterations, estimate for every hidden layer T on a fixed subset of the
-training set:
-
-- binning (Shwartz-Ziv & Tishby 2017): each unit's activation is put into one of ``bins``
-  equal-width bins. With ReLU units the bins span [0, the layer's maximum activation at that
-  iteration] (Saxe et al. 2018's adaptive range for non-saturating units): a fixed range would
-  put almost every unit in bin 0 early in training and saturate late.
-- T is then discrete and a deterministic function of X, and every example of the subset is a
-  distinct X, so I(X;T) = H(T) and I(T;Y) = H(Y) − H(Y|T), from counts (bits).
-
-Binning saturates for wide layers: with 100+ units, almost every example of the subset gets a
-binned pattern of its own, so I(X;T) = log2(subset) and I(T;Y) = H(Y) at every iteration (we
-measured exactly that for LeNet-300-100). ``estimator="kde"`` (the default) is Saxe et al.'s
-other estimator, the Kolchinsky & Tracey pairwise-distance upper bound for T plus Gaussian
-noise of variance ``noise_var``: I(X;T) = −mean_i log mean_j exp(−‖t_i − t_j‖² / 2σ²) and
-I(T;Y) = I(X;T) − Σ_y p(y)·(the same term within class y), in bits.
+core Trainer (the same compiled step, batch order, data split and start weights as the
+experiment's stage) and, at ~30 log-spaced iterations, estimate for every hidden layer T on a
+fixed subset of the training set I(X;T) and I(T;Y) with one of lth_tf.study.estimators:
+``noisy_kde`` (the default: T plus Gaussian noise of σ = ``sigma`` × the layer's spread, for
+each ``sigma`` of a sweep, Kolchinsky & Tracey's upper and lower bounds), ``adaptive_binning``
+(equal-mass bins per unit), ``kde`` (fixed noise variance 0.1) or ``binning`` (equal-width
+bins). Why the first: a deterministic layer on distinct inputs has I(X;T) = log2 n, which is
+all binning can show on LeNet's 300- and 100-unit layers (estimators' docstring).
 """
+import math
+
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from lth_tf import artifacts, data, layout, masks, models, network, ticket, training
-from lth_tf.study import common, properties
+from lth_tf.study import common, estimators, properties
 from lth_tf.study.common import StudyError
 
 ARMS = ("dense", "ticket", "reinit")
+COLUMNS = ("arm", "round", "iteration", "layer", "sigma", "i_xt", "i_ty", "i_xt_lower",
+           "i_ty_lower")
 
 
-def entropy(counts):
-  """Entropy in bits of a distribution given by counts."""
-  p = np.asarray(counts, float)
-  p = p[p > 0] / p.sum()
-  return float(-(p * np.log2(p)).sum())
-
-
-def discretize(activations, bins=30):
-  """Row ids of binned activations: equal-width bins over [min(0, a.min()), a.max()]."""
-  a = np.asarray(activations, np.float64).reshape(len(activations), -1)
-  low, high = min(0.0, a.min()), a.max()
-  binned = np.floor((a - low) / max(high - low, 1e-12) * bins).clip(0, bins - 1).astype(np.int64)
-  _, ids = np.unique(binned, axis=0, return_inverse=True)
-  return ids.ravel()
-
-
-def mutual_information(t_ids, y):
-  """(I(X;T), I(T;Y)) in bits for a discrete T that is a function of distinct inputs X."""
-  t_ids, y = np.asarray(t_ids), np.asarray(y)
-  h_t = entropy(np.unique(t_ids, return_counts=True)[1])
-  h_y = entropy(np.unique(y, return_counts=True)[1])
-  joint = np.unique(np.stack([t_ids, y]), axis=1, return_counts=True)[1]
-  return h_t, h_t + h_y - entropy(joint)
-
-
-def kde_mutual_information(activations, y, noise_var=0.1):
-  """(I(X;T), I(T;Y)) in bits by the pairwise-distance KDE bound (see the module docstring)."""
-  t = tf.reshape(tf.constant(activations, tf.float32), (len(activations), -1))
-
-  def term(h):  # −mean_i log mean_j exp(−d_ij / 2σ²), in nats
-    sq = tf.reduce_sum(h * h, axis=1)
-    d = tf.maximum(sq[:, None] + sq[None, :] - 2.0 * tf.matmul(h, h, transpose_b=True), 0.0)
-    n = tf.cast(tf.shape(h)[0], tf.float32)
-    return float(-tf.reduce_mean(tf.reduce_logsumexp(-d / (2 * noise_var), axis=1)
-                                 - tf.math.log(n)))
-
-  y = np.asarray(y)
-  i_xt = term(t)
-  h_t_given_y = sum((y == c).mean() * term(tf.boolean_mask(t, y == c)) for c in np.unique(y))
-  return i_xt / np.log(2), (i_xt - h_t_given_y) / np.log(2)
+def check_estimator(estimator, sigmas, bins):
+  """StudyError (one line naming the flag) for an estimator, noise level or bin count that
+  cannot be used."""
+  if estimator not in estimators.ESTIMATORS:
+    raise StudyError(f"--estimator={estimator} is unknown; use one of "
+                     f"{', '.join(estimators.ESTIMATORS)}")
+  bad = [s for s in sigmas if not (isinstance(s, (int, float)) and 0 < s < math.inf)]
+  if estimator in estimators.NOISY and (bad or not sigmas):
+    raise StudyError(f"--sigma={','.join(map(str, sigmas))}: {bad[0] if bad else 'empty'} is "
+                     f"not a positive noise level; pass levels relative to the layer's spread, "
+                     f"e.g. 0.1,0.3,1.0")
+  if not (isinstance(bins, int) and bins >= 2):
+    raise StudyError(f"--bins={bins} is invalid; pass at least 2 (e.g. 30)")
 
 
 def snapshot_iterations(iterations, points=30):
@@ -84,7 +52,8 @@ def hidden_model(model):
       getattr(l, "layer", l).name for l in hidden]
 
 
-def trajectory(trainer, train, table, subset_x, subset_y, at, bins, estimator="kde"):
+def trajectory(trainer, train, table, subset_x, subset_y, at, bins, estimator="noisy_kde",
+               sigmas=estimators.DEFAULT_SIGMAS):
   """Trains ``trainer.model`` through ``table``, measuring the plane at iterations ``at``."""
   probe, names = hidden_model(trainer.model)
   rows, done = [], 0
@@ -94,16 +63,13 @@ def trajectory(trainer, train, table, subset_x, subset_y, at, bins, estimator="k
       done = it
     outputs = probe(subset_x, training=False)
     for name, a in zip(names, outputs if isinstance(outputs, list) else [outputs]):
-      if estimator == "kde":
-        ixt, ity = kde_mutual_information(a.numpy(), subset_y)
-      else:
-        ixt, ity = mutual_information(discretize(a.numpy(), bins), subset_y)
-      rows.append(dict(iteration=it, layer=name, i_xt=ixt, i_ty=ity))
+      for sigma, values in estimators.estimate(estimator, a.numpy(), subset_y, sigmas, bins):
+        rows.append(dict(iteration=it, layer=name, sigma=sigma, **values))
   return rows
 
 
 def compute(exp, splits, round_, iterations=None, points=30, subset=5000, bins=30, trial=0,
-            estimator="kde"):
+            estimator="noisy_kde", sigmas=estimators.DEFAULT_SIGMAS):
   """Information-plane rows for dense, ticket and reinit at ``round_`` of ``exp``'s trial."""
   cfg = exp.cfg
   if exp.row("ticket", trial, round_) is None or round_ < 1:
@@ -128,45 +94,55 @@ def compute(exp, splits, round_, iterations=None, points=30, subset=5000, bins=3
     trainer.reset_optimizer()
     seed = layout.data_seed(cfg, trial, stage[1])
     table = data.batch_indices(len(splits.train_x), cfg.batch_size, iterations, seed)
-    for r in trajectory(trainer, train, table, subset_x, subset_y, at, bins, estimator):
+    for r in trajectory(trainer, train, table, subset_x, subset_y, at, bins, estimator, sigmas):
       rows.append(dict(arm=arm, round=stage[1], **r))
   return rows
 
 
 def write_figure(exp, rows, round_, estimator):
+  """One panel per arm (columns) and noise level (rows, noisy_kde's sweep); each layer's
+  trajectory coloured by iteration."""
+  from matplotlib import colors
+
   from lth_tf import plot
   arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
+  sigmas = list(dict.fromkeys(r["sigma"] for r in rows))
   fig = plot.new_figure(f"Information plane ({estimator}), {exp.cfg.model} on "
                         f"{exp.cfg.dataset}, round {round_} masks", width=5.0 * len(arms))
-  axes = fig.subplots(1, len(arms), sharex=True, sharey=True, squeeze=False)[0]
+  fig.set_size_inches(5.0 * len(arms), 1.0 + 3.6 * len(sigmas))
+  grid = fig.subplots(len(sigmas), len(arms), sharex="row", sharey="row", squeeze=False)
   last = max(r["iteration"] for r in rows)
-  norm = __import__("matplotlib").colors.SymLogNorm(linthresh=1, vmin=0, vmax=last)
-  for ax, arm in zip(axes, arms):
-    for marker, layer in zip("os^vD", dict.fromkeys(r["layer"] for r in rows)):
-      pts = [r for r in rows if r["arm"] == arm and r["layer"] == layer]
-      ax.plot([p["i_xt"] for p in pts], [p["i_ty"] for p in pts], color="0.7", lw=0.8)
-      sc = ax.scatter([p["i_xt"] for p in pts], [p["i_ty"] for p in pts],
-                      c=[p["iteration"] for p in pts], cmap="viridis", norm=norm, s=14,
-                      marker=marker, label=layer)
-    ax.set_title(arm)
-    ax.set_xlabel("I(X;T) (bits)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-  axes[0].set_ylabel("I(T;Y) (bits)")
-  fig.colorbar(sc, ax=list(axes), label="iteration")
-  return plot.save(fig, exp.output_dir, "infoplane")
+  norm = colors.SymLogNorm(linthresh=1, vmin=0, vmax=last)
+  for axes, sigma in zip(grid, sigmas):
+    for ax, arm in zip(axes, arms):
+      for marker, layer in zip("os^vD", dict.fromkeys(r["layer"] for r in rows)):
+        pts = [r for r in rows if r["arm"] == arm and r["layer"] == layer
+               and (r["sigma"] == sigma or (math.isnan(r["sigma"]) and math.isnan(sigma)))]
+        ax.plot([p["i_xt"] for p in pts], [p["i_ty"] for p in pts], color="0.7", lw=0.8)
+        sc = ax.scatter([p["i_xt"] for p in pts], [p["i_ty"] for p in pts],
+                        c=[p["iteration"] for p in pts], cmap="viridis", norm=norm, s=14,
+                        marker=marker, label=layer)
+      noise = "" if math.isnan(sigma) else f", σ = {sigma:g} × spread"
+      ax.set_title(f"{arm}{noise}", fontsize=9)
+      ax.set_xlabel("I(X;T) (bits)")
+      ax.grid(True, alpha=0.3)
+      ax.legend(fontsize=7)
+    axes[0].set_ylabel("I(T;Y) (bits)")
+  fig.colorbar(sc, ax=list(grid.ravel()), label="iteration")
+  return plot.save(fig, exp.output_dir, f"infoplane_{estimator}")
 
 
 def run(output_dir, round_, splits=None, data_dir=None, manual_dir=None, iterations=None,
-        points=30, subset=5000, bins=30, estimator="kde"):
-  """Writes study_infoplane.csv and plots/infoplane.{png,pdf}; returns the paths."""
+        points=30, subset=5000, bins=30, estimator="noisy_kde",
+        sigmas=estimators.DEFAULT_SIGMAS):
+  """Writes study_infoplane_<estimator>.csv and plots/infoplane_<estimator>.{png,pdf};
+  returns the paths."""
+  check_estimator(estimator, list(sigmas), bins)
   exp = common.load(output_dir)
   if splits is None:
     splits = properties.load_test_split(exp, data_dir, manual_dir)
-  if estimator not in ("kde", "binning"):
-    raise StudyError(f"--estimator={estimator} is unknown; use kde or binning")
-  rows = compute(exp, splits, round_, iterations, points, subset, bins, estimator=estimator)
-  path = f"{output_dir}/study_infoplane.csv"
-  artifacts.write_bytes(path, common.csv_text(
-      ["arm", "round", "iteration", "layer", "i_xt", "i_ty"], rows))
+  rows = compute(exp, splits, round_, iterations, points, subset, bins, estimator=estimator,
+                 sigmas=tuple(sigmas))
+  path = f"{output_dir}/study_infoplane_{estimator}.csv"
+  artifacts.write_bytes(path, common.csv_text(COLUMNS, rows))
   return [path, *write_figure(exp, rows, round_, estimator)]
