@@ -298,19 +298,26 @@ def synflow_masks(model, targets, iterations=100, mask=None):
 # ---------------------------------------------------------------------------------------------
 # Early-bird tickets
 
-def mask_hamming(a, b):
-  """Normalised Hamming distance: the fraction of all mask positions where ``a`` and ``b``
-  differ (kept vs pruned), pooled over layers. Masks are {layer: array} with the same layers
-  and shapes."""
+def _pooled_counts(a, b, *counts):
+  """Each of ``counts`` (functions of two boolean kept-arrays to a count) summed over the
+  layers of masks ``a`` and ``b``, which must have the same layers and shapes."""
   if set(a) != set(b):
     raise ValueError(f"masks cover different layers: {sorted(a)} vs {sorted(b)}")
-  differ = total = 0
+  totals = [0] * len(counts)
   for n in a:
     x, y = np.asarray(a[n]) > 0, np.asarray(b[n]) > 0
     if x.shape != y.shape:
       raise ValueError(f"layer {n!r}: shapes {x.shape} and {y.shape} differ")
-    differ += int(np.count_nonzero(x != y))
-    total += x.size
+    totals = [t + int(count(x, y)) for t, count in zip(totals, counts)]
+  return totals
+
+
+def mask_hamming(a, b):
+  """Normalised Hamming distance: the fraction of all mask positions where ``a`` and ``b``
+  differ (kept vs pruned), pooled over layers. Masks are {layer: array} with the same layers
+  and shapes."""
+  differ, total = _pooled_counts(a, b, lambda x, y: np.count_nonzero(x != y),
+                                 lambda x, y: x.size)
   return differ / total if total else 0.0
 
 
@@ -320,15 +327,8 @@ def mask_jaccard_distance(a, b):
   kept, so ε means the same at every sparsity (two masks keeping 3% each can differ in every
   kept weight and still be within 0.06 of each other by Hamming distance). 0 for two empty
   masks."""
-  if set(a) != set(b):
-    raise ValueError(f"masks cover different layers: {sorted(a)} vs {sorted(b)}")
-  both = either = 0
-  for n in a:
-    x, y = np.asarray(a[n]) > 0, np.asarray(b[n]) > 0
-    if x.shape != y.shape:
-      raise ValueError(f"layer {n!r}: shapes {x.shape} and {y.shape} differ")
-    both += int(np.count_nonzero(x & y))
-    either += int(np.count_nonzero(x | y))
+  both, either = _pooled_counts(a, b, lambda x, y: np.count_nonzero(x & y),
+                                lambda x, y: np.count_nonzero(x | y))
   return 1.0 - both / either if either else 0.0
 
 
