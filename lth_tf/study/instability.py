@@ -331,9 +331,8 @@ def write_figure(exp, rows):
   from lth_tf import plot
   copies = [r for r in rows if r["kind"] == "copies"]
   theta_k = [r for r in copies if r["start"] == "theta_k"]
-  fig = plot.new_figure(f"Instability, {exp.cfg.model} on {exp.cfg.dataset}: error barrier "
-                        f"between two copies trained with different batch orders",
-                        width=11.0 if theta_k else 6.5)
+  fig = plot.new_figure(f"Instability, {exp.cfg.model} on {exp.cfg.dataset}: two copies, "
+                        f"two batch orders", width=11.0 if theta_k else 6.5)
   axes = fig.subplots(1, 2 if theta_k else 1, squeeze=False)[0]
   percents = {r["weights_remaining"] for r in rows}
   ax = axes[0]
@@ -344,7 +343,7 @@ def write_figure(exp, rows):
                     label=plot.ARM_LABELS.get(arm, arm))
   successive = common.summarize([r for r in rows if r["kind"] == "successive"], key="barrier")
   common.errorbar(ax, successive, scale=100.0, color="0.4", linestyle="--",
-                  label="IMP round r−1 → r (trained tickets)")
+                  label="IMP round r−1 → r (at r−1's %)")
   ax.axhline(2.0, color="0.6", lw=0.8, linestyle=":")
   ax.set_ylabel("Error barrier (test error %, max on path − mean of ends)")
   ax.set_title("θ0 rewinding; dotted: 2% (Frankle et al.'s stability threshold)", fontsize=9)
