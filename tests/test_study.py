@@ -309,9 +309,13 @@ def test_infoplane_trajectories_for_dense_ticket_reinit(study_exp, splits):
   assert all(by[k[:3] + (1.0,)] < v for k, v in by.items() if k[3] == 0.3)
   assert open(written[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   for estimator in ("binning", "adaptive_binning", "kde"):
-    path = infoplane.run(out, 1, splits=splits, iterations=40, points=3, subset=100,
-                         estimator=estimator)[0]
+    path, png = infoplane.run(out, 1, splits=splits, iterations=40, points=3, subset=100,
+                              estimator=estimator)[:2]
     assert path.endswith(f"study_infoplane_{estimator}.csv")
+    # one row of panels, not one per measurement (wrong: each measurement's nan sigma a
+    # level of its own, a figure 18 rows tall here)
+    head = open(png, "rb").read(24)
+    assert int.from_bytes(head[20:24], "big") < int.from_bytes(head[16:20], "big")
     for r in common.read_csv(path):
       assert 0 <= r["i_ty"] <= r["i_xt"] + 1e-9 <= np.log2(100) + 1e-9
   with pytest.raises(common.StudyError, match="--sigma"):

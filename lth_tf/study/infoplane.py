@@ -106,7 +106,10 @@ def write_figure(exp, rows, round_, estimator):
 
   from lth_tf import plot
   arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
-  sigmas = list(dict.fromkeys(r["sigma"] for r in rows))
+  def level(r):  # nan (no noise) is one level: each nan is a distinct dict key otherwise
+    return None if math.isnan(r["sigma"]) else r["sigma"]
+
+  sigmas = list(dict.fromkeys(level(r) for r in rows))
   fig = plot.new_figure(f"Information plane ({estimator}), {exp.cfg.model} on "
                         f"{exp.cfg.dataset}, round {round_} masks", width=5.0 * len(arms))
   fig.set_size_inches(5.0 * len(arms), 1.0 + 3.6 * len(sigmas))
@@ -115,14 +118,20 @@ def write_figure(exp, rows, round_, estimator):
   norm = colors.SymLogNorm(linthresh=1, vmin=0, vmax=last)
   for axes, sigma in zip(grid, sigmas):
     for ax, arm in zip(axes, arms):
+      xs, ys = [], []
       for marker, layer in zip("os^vD", dict.fromkeys(r["layer"] for r in rows)):
         pts = [r for r in rows if r["arm"] == arm and r["layer"] == layer
-               and (r["sigma"] == sigma or (math.isnan(r["sigma"]) and math.isnan(sigma)))]
+               and level(r) == sigma]
+        xs += [p["i_xt"] for p in pts]
+        ys += [p["i_ty"] for p in pts]
         ax.plot([p["i_xt"] for p in pts], [p["i_ty"] for p in pts], color="0.7", lw=0.8)
         sc = ax.scatter([p["i_xt"] for p in pts], [p["i_ty"] for p in pts],
                         c=[p["iteration"] for p in pts], cmap="viridis", norm=norm, s=14,
                         marker=marker, label=layer)
-      noise = "" if math.isnan(sigma) else f", σ = {sigma:g} × spread"
+      for values, set_lim in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        if values and max(values) - min(values) < 1e-6:  # a saturated estimator: one point
+          set_lim(min(values) - 0.5, max(values) + 0.5)
+      noise = "" if sigma is None else f", σ = {sigma:g} × spread"
       ax.set_title(f"{arm}{noise}", fontsize=9)
       ax.set_xlabel("I(X;T) (bits)")
       ax.grid(True, alpha=0.3)
