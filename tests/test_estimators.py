@@ -121,3 +121,20 @@ def test_unknown_estimator():
   """Wrong: an unknown name silently falling back to a default estimator."""
   with pytest.raises(ValueError, match="noisy_kde"):
     E.estimate("mine", np.zeros((3, 2)), np.zeros(3))
+
+
+def test_class_terms_are_weighted_by_the_class_frequencies():
+  """900 and 100 examples, every example far from every other: I(X;T+Z) = log2 1000 and each
+  class term log2 n_y, so I(T+Z;Y) = log2 1000 − (0.9 log2 900 + 0.1 log2 100) = H(0.9, 0.1) =
+  0.469 bits (wrong: an unweighted mean of the class terms gives 1.74)."""
+  t = 100.0 * np.eye(1000)
+  y = np.repeat([0, 1], [900, 100])
+  _, i_ty = E.pairwise_information(t, y, 1.0, "upper")
+  assert i_ty == pytest.approx(-(0.9 * np.log2(0.9) + 0.1 * np.log2(0.1)), abs=1e-6)
+
+
+def test_spread_is_the_rms_distance_from_the_mean_vector():
+  """Points ±1 along each of 4 axes: every point is 1 from the mean, spread 1 (wrong: the
+  pooled standard deviation of all entries, 0.5; the per-unit one is smaller still)."""
+  t = np.vstack([np.eye(4), -np.eye(4)])
+  assert E.spread(t) == pytest.approx(1.0)

@@ -307,3 +307,44 @@ def test_studies_that_retrain_split_the_data_as_the_experiment_did(exp_dir, monk
   exp = common.load(exp_dir[0])
   properties.load_test_split(exp, "somewhere", "elsewhere")
   assert seen["split_seed"] == layout.split_seed(exp.cfg) != 0
+
+
+def test_successive_paths_only_where_masks_nest(exp_dir, splits, monkeypatch):
+  """Wrong: a successive row for masks that do not nest (one-shot, static, early-bird), whose
+  round-r network the round r−1 mask would cut."""
+  exp = common.load(exp_dir[0])
+  assert instability.nested(exp, 0, 2)
+  real = common.Experiment.mask
+
+  def shuffled(self, arm, trial, round_):
+    m = real(self, arm, trial, round_)
+    if round_ == 2:  # the same counts, other positions
+      rng = np.random.default_rng(0)
+      m = {n: rng.permutation(v.ravel()).reshape(v.shape) for n, v in m.items()}
+    return m
+
+  monkeypatch.setattr(common.Experiment, "mask", shuffled)
+  assert not instability.nested(exp, 0, 2)
+  rows, _ = instability.compute(exp, splits, arms=("ticket",), rounds=[2])
+  assert [r["kind"] for r in rows] == ["copies"]
+
+
+def test_resume_refuses_another_path_resolution(exp_dir, splits, tmp_path):
+  out = fresh_copy(exp_dir, tmp_path, without_weights=False)
+  instability.run(out, splits=splits, rounds=[1], arms=["ticket"], points=5)
+  with pytest.raises(common.StudyError, match="--path_points=11.*5 points"):
+    instability.run(out, splits=splits, rounds=[1], arms=["ticket"])
+
+
+def test_cli_refuses_bad_types_empty_lists_and_foreign_flags(exp_dir):
+  for args, named in (
+      (["--path_points=abc"], "path_points"),
+      (["--rounds="], "--rounds"),
+      (["--rounds=3,3"], "--rounds"),
+      (["--round=3"], "--round"),
+      (["--sigma=0.3"], "--sigma"),
+      (["--arms=reinit", "--rewind_iteration=40"], "--rewind_iteration")):
+    proc = run_study_cli("instability", f"--output_dir={exp_dir[0]}", *args)
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert proc.returncode == 2 and named in lines[-1], (args, proc.stderr[-400:])
+    assert "Traceback" not in proc.stderr

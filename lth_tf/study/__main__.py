@@ -71,10 +71,17 @@ def main(argv):
   dirs = [d for d in (FLAGS.output_dir or []) if d]
   if not dirs:
     fail(f"--output_dir is required; pass the folder of an experiment run by lth_tf.main: {USAGE}")
-  instability_only = [f for f in ("rounds", "arms", "rewind_iteration")
-                      if FLAGS[f].present and name != "instability"]
-  if instability_only:
-    fail(f"--{instability_only[0]} applies to the instability study only; drop it")
+  owners = {"rounds": ("instability",), "trials": ("instability",), "arms": ("instability",),
+            "path_points": ("instability",), "rewind_iteration": ("instability",),
+            "estimator": ("infoplane",), "sigma": ("infoplane",), "bins": ("infoplane",),
+            "points": ("infoplane",), "subset": ("infoplane",), "iterations": ("infoplane",),
+            "round": ("consistency", "infoplane")}
+  misplaced = [f for f, studies in owners.items() if FLAGS[f].present and name not in studies]
+  if misplaced:
+    flag = misplaced[0]
+    fail(f"--{flag} applies to the {' and '.join(owners[flag])} "
+         f"stud{'ies' if len(owners[flag]) > 1 else 'y'} only; drop it"
+         + (" (instability takes --rounds)" if flag == "round" else ""))
   if name == "instability":
     if len(dirs) != 1:
       fail("instability needs one --output_dir")
@@ -84,6 +91,13 @@ def main(argv):
         lists[flag] = None if FLAGS[flag].value is None else [int(v) for v in FLAGS[flag].value]
       except ValueError:
         fail(f"--{flag}={','.join(FLAGS[flag].value)} is not a list of integers; pass e.g. 0,3,7")
+    for flag, values in (("rounds", lists["rounds"]), ("trials", lists["trials"]),
+                         ("arms", FLAGS.arms)):
+      if values is not None and (not values or len(set(values)) != len(values)):
+        fail(f"--{flag}={','.join(map(str, values))} is empty or repeats a value; pass each "
+             f"once, e.g. --{flag}={'ticket,reinit' if flag == 'arms' else '0,3,7'}")
+    if FLAGS.rewind_iteration is not None and FLAGS.arms is not None and "ticket" not in FLAGS.arms:
+      fail("--rewind_iteration changes the ticket's start only; add ticket to --arms or drop it")
   if name == "properties" and FLAGS.round is not None:
     fail("--round applies to the consistency and infoplane studies only; drop it")
   if name == "infoplane" and (FLAGS.round is None or len(dirs) != 1):
@@ -148,9 +162,19 @@ def main(argv):
     print(path)
 
 
+def parse_flags(argv):
+  """absl's parsing with its errors (a value of the wrong type, an unknown flag) as one line
+  and exit code 2, like the studies' own refusals."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    fail(f"{first.removeprefix('ERROR:: ')}; see python -m lth_tf.study --helpfull")
+
+
 def run():
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

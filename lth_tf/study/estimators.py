@@ -11,8 +11,8 @@ The quantity itself must change:
   Gaussians, and Kolchinsky & Tracey (2017)'s pairwise-distance bounds give I(X;T+Z) =
   −mean_i log mean_j exp(−D_ij) with D_ij the KL divergence ‖t_i − t_j‖²/2σ² (an upper bound)
   or the Bhattacharyya distance ‖t_i − t_j‖²/8σ² (a lower bound); I(T+Z;Y) = I(X;T+Z) −
-  Σ_y p(y)·(the same within class y). σ is ``sigma`` × the layer's spread at that measurement,
-  the RMS distance of an example's activation vector from their mean (``spread``): the noise
+  Σ_y p(y)·(the same within class y), a difference of two bounds: an estimate, not a bound.
+  σ is ``sigma`` × the layer's spread at that measurement, the RMS distance of an example's activation vector from their mean (``spread``): the noise
   is relative to the layer's own scale, so a layer that only grows (ReLU weights scaling up)
   does not gain information by it, and one ``sigma`` means the same in every layer and at every
   iteration. Typical pairs then sit ~1/sigma² KL apart: sigma ≪ 1 saturates (every example

@@ -1,8 +1,8 @@
 """The information plane of a ticket: I(X;T) and I(T;Y) of each hidden layer during training.
 
 For the dense network, the ticket and its reinit control at one round, retrain each with the
-core Trainer (the same compiled step, batch order, data split and start weights as the
-experiment's stage) and, at ~30 log-spaced iterations, estimate for every hidden layer T on a
+core Trainer (the experiment's batch order, data split and start weights; the study's own
+--threads and XLA compilation, so the numbers follow the stage's closely but not to the bit) and, at ~30 log-spaced iterations, estimate for every hidden layer T on a
 fixed subset of the training set I(X;T) and I(T;Y) with one of lth_tf.study.estimators:
 ``noisy_kde`` (the default: T plus Gaussian noise of σ = ``sigma`` × the layer's spread, for
 each ``sigma`` of a sweep, Kolchinsky & Tracey's upper and lower bounds), ``adaptive_binning``

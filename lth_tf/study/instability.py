@@ -20,7 +20,8 @@ below 2%.
 
 Paul et al. 2022 ("Unmasking the Lottery Ticket Hypothesis") also measure IMP's own path:
 the barrier between round r−1's and round r's trained tickets (kind ``successive``; the path
-is evaluated under round r−1's mask, which holds round r's). Round r−1's weights come from the
+is evaluated under round r−1's mask, which holds round r's: only where it does, i.e. for
+iterative IMP; other methods' masks do not nest and get no such row). Round r−1's weights come from the
 experiment, from this study's copy A of r−1, or are retrained (one more training).
 
 ``rewind_iteration=K`` starts the ticket's copies from θ_K⊙m instead (θ_K: the dense network
@@ -141,6 +142,9 @@ class Study:
       table = data.batch_indices(len(splits.train_x), self.cfg.batch_size, bn_batches,
                                  layout.derive_seed(self.cfg.seed, "instability-bn"))
       self.bn_batches = [splits.train_x[i] for i in table]
+    # what the experiment's stages start from: θ0, θ_k (--rewind=iteration) or the previous
+    # round's trained weights (--rewind=none)
+    self.start = {"init": "theta0", "iteration": "theta_k"}.get(self.cfg.rewind, "trained")
     self.copies = {}  # (arm, trial, round, start, rewind_iteration, copy) -> weights
     self.trainings = 0  # trainings this study ran (tests count them)
 
@@ -176,12 +180,13 @@ class Study:
 
   def trained_copy(self, arm, trial, round_, copy, rewind_iteration=None):
     """("experiment" | "retrained" | "cached" | "new", weights) of copy "a" or "b"."""
-    start = "theta0" if rewind_iteration is None or arm != "ticket" else f"theta_{rewind_iteration}"
+    start = ("experiment" if rewind_iteration is None or arm != "ticket"
+             else f"theta_{rewind_iteration}")
     key = (arm, trial, round_, start, copy)
     if key in self.copies:
       return self.copies[key]
     exp, cfg = self.exp, self.cfg
-    if copy == "a" and start == "theta0" and exp.has_weights(arm, trial, round_):
+    if copy == "a" and start == "experiment" and exp.has_weights(arm, trial, round_):
       found = ("experiment", exp.weights(arm, trial, round_))
     elif artifacts.exists(self.cache_path(arm, trial, round_, start, copy)):
       found = ("cached", artifacts.read_weights(self.cache_path(arm, trial, round_, start, copy),
@@ -194,7 +199,7 @@ class Study:
       weights = self.train_from(begin, mask, seed, f"[instability {arm} trial {trial} round "
                                                    f"{round_} copy {copy}]")
       artifacts.write_weights(self.cache_path(arm, trial, round_, start, copy), weights)
-      found = ("retrained" if copy == "a" and start == "theta0" else "new", weights)
+      found = ("retrained" if copy == "a" and start == "experiment" else "new", weights)
     self.copies[key] = found
     return found
 
@@ -226,9 +231,12 @@ class Study:
     """The barrier between two copies of the stage trained with different batch orders."""
     source, a = self.trained_copy(arm, trial, round_, "a", rewind_iteration)
     _, b = self.trained_copy(arm, trial, round_, "b", rewind_iteration)
-    start = "theta0" if rewind_iteration is None or arm != "ticket" else "theta_k"
+    override = rewind_iteration is not None and arm == "ticket"
+    start = "theta_k" if override else self.start
+    k = rewind_iteration if override else (
+        self.cfg.rewind_iteration if self.start == "theta_k" else None)
     return self.path_row("copies", arm, trial, round_, self.exp.mask(arm, trial, round_), a, b,
-                         start, rewind_iteration if start == "theta_k" else None, source)
+                         start, k, source)
 
   def successive_row(self, trial, round_):
     """The barrier between round r−1's and round r's trained tickets (under r−1's mask)."""
@@ -236,7 +244,14 @@ class Study:
     _, current = self.trained_copy("ticket", trial, round_, "a")
     return self.path_row("successive", "ticket", trial, round_,
                          self.exp.mask("ticket", trial, round_ - 1), previous, current,
-                         "theta0", None, source)
+                         self.start, None, source)
+
+
+def nested(exp, trial, round_):
+  """Whether the ticket's round-r mask lies inside round r−1's, so that round r's network is
+  a point of round r−1's subspace and IMP walked from one to the other (iterative layerwise
+  or global IMP; not one-shot masks, static's fresh draws or early-bird's separate masks)."""
+  return masks.is_subset(exp.mask("ticket", trial, round_), exp.mask("ticket", trial, round_ - 1))
 
 
 def missing(exp, arms, trials, rounds):
@@ -278,6 +293,18 @@ def check(exp, arms, trials, rounds, rewind_iteration, points):
   if bad:
     raise StudyError(f"--trials={','.join(map(str, trials))}: trial {bad[0]} is not one of "
                      f"{exp.output_dir}'s (0 to {cfg.trials - 1})")
+  if rewind_iteration is not None and cfg.rewind != "init":
+    raise StudyError(f"--rewind_iteration: {exp.output_dir} trained with --rewind={cfg.rewind}, "
+                     f"so its tickets do not start from θ0; compare starts on a --rewind=init "
+                     f"folder, or drop the flag")
+  if cfg.rewind == "iteration":
+    gone = [t for t in trials if not artifacts.exists(
+        layout.rewind_path(exp.output_dir, t, cfg.rewind_iteration))]
+    if gone:
+      raise StudyError(f"--output_dir={exp.output_dir}: "
+                       f"{layout.rewind_path(exp.output_dir, gone[0], cfg.rewind_iteration)}, "
+                       f"which its tickets start from, is missing; copy it back from where "
+                       f"lth_tf.main ran")
   if rewind_iteration is not None and not (
       0 < rewind_iteration < cfg.iterations and rewind_iteration % cfg.eval_every == 0):
     raise StudyError(f"--rewind_iteration={rewind_iteration} is not a multiple of "
@@ -313,14 +340,31 @@ def compute(exp, splits, arms=ARMS, trials=(0,), rounds=None, points=11, rewind_
         if arm != "ticket" and round_ == 0:
           continue
         theta_k = rewind_iteration is not None and arm == "ticket"
-        key = ("copies", arm, trial, round_, "theta_k" if theta_k else "theta0",
-               rewind_iteration if theta_k else -1, points)
+        own_k = exp.cfg.rewind_iteration if study.start == "theta_k" else -1
+        key = ("copies", arm, trial, round_, "theta_k" if theta_k else study.start,
+               rewind_iteration if theta_k else own_k, points)
         if key not in done:
           emit(study.copies_row(arm, trial, round_, rewind_iteration if theta_k else None))
-      key = ("successive", "ticket", trial, round_, "theta0", -1, points)
-      if "ticket" in arms and round_ >= 1 and rewind_iteration is None and key not in done:
+      key = ("successive", "ticket", trial, round_, study.start, -1, points)
+      if ("ticket" in arms and round_ >= 1 and rewind_iteration is None and key not in done
+          and nested(exp, trial, round_)):
         emit(study.successive_row(trial, round_))
   return rows, study
+
+
+def read_rows(path):
+  """study_instability.csv's rows ([] if absent); CorruptFileError for a cell that is not a
+  number where one belongs."""
+  if not artifacts.exists(path):
+    return []
+  rows = common.read_csv(path, COLUMNS)
+  for number, r in enumerate(rows, start=2):
+    bad = [c for c in COLUMNS if c not in ("kind", "arm", "start", "copy_a", "path_errors")
+           and not isinstance(r[c], (int, float))]
+    if bad:
+      raise artifacts.CorruptFileError(path, f"line {number}: {bad[0]}={r[bad[0]]!r} is not a "
+                                             f"number")
+  return rows
 
 
 def key_of(row):
@@ -337,7 +381,9 @@ def write_figure(exp, rows):
   percents = {r["weights_remaining"] for r in rows}
   ax = axes[0]
   for arm in ARMS:
-    points = common.summarize([r for r in copies if r["arm"] == arm and r["start"] == "theta0"],
+    points = common.summarize([r for r in copies if r["arm"] == arm and r["start"] != "theta_k"
+                               or r["arm"] == arm and exp.cfg.rewind == "iteration"
+                               and r["rewind_iteration"] == exp.cfg.rewind_iteration],
                               key="barrier")
     common.errorbar(ax, points, scale=100.0, color=plot.ARM_COLORS.get(arm),
                     label=plot.ARM_LABELS.get(arm, arm))
@@ -346,7 +392,9 @@ def write_figure(exp, rows):
                   label="IMP round r−1 → r (at r−1's %)")
   ax.axhline(2.0, color="0.6", lw=0.8, linestyle=":")
   ax.set_ylabel("Error barrier (test error %, max on path − mean of ends)")
-  ax.set_title("θ0 rewinding; dotted: 2% (Frankle et al.'s stability threshold)", fontsize=9)
+  starts = {"init": "θ0", "iteration": f"θ_{exp.cfg.rewind_iteration}"}
+  ax.set_title(f"{starts.get(exp.cfg.rewind, 'previous round')} rewinding (the experiment's); "
+               f"dotted: 2% (Frankle et al.'s stability threshold)", fontsize=9)
   plot.weights_remaining_axis(ax, percents)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
@@ -377,12 +425,17 @@ def run(output_dir, splits=None, data_dir=None, manual_dir=None, arms=None, tria
   rounds = list(range(exp.cfg.rounds + 1)) if rounds is None else list(rounds)
   check(exp, arms, trials, rounds, rewind_iteration, points)
   path = f"{output_dir}/study_instability.csv"
-  rows = common.read_csv(path, COLUMNS) if artifacts.exists(path) else []
+  rows = read_rows(path)
+  other = sorted({r["points"] for r in rows} - {points})
+  if other:
+    raise StudyError(f"--path_points={points}: {path} holds paths of {other[0]} points; pass "
+                     f"--path_points={other[0]} to extend it, or move the file away to start "
+                     f"over")
   if splits is None:
     splits = properties.load_test_split(exp, data_dir, manual_dir)
 
-  def append(row):
-    rows.append(row)
+  def append(row):  # re-read first: another study on this folder may have added rows
+    rows[:] = [r for r in read_rows(path) if key_of(r) != key_of(row)] + [row]
     artifacts.write_bytes(path, common.csv_text(COLUMNS, rows))
 
   compute(exp, splits, arms, trials, rounds, points, rewind_iteration,
