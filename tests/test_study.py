@@ -322,6 +322,9 @@ def test_infoplane_trajectories_for_dense_ticket_reinit(study_exp, splits):
     infoplane.run(out, 1, splits=splits, sigmas=(0.3, -1.0))
   with pytest.raises(common.StudyError, match="--estimator"):
     infoplane.run(out, 1, splits=splits, estimator="mine")
+  with pytest.raises(common.StudyError, match=r"\[ticket trial 0 round 9\].*lth_tf.main "
+                                              r"--flagfile=.*--rounds=9"):
+    infoplane.run(out, 9, splits=splits)
 
 
 @pytest.mark.parametrize("args,named", [

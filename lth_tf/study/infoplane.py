@@ -72,9 +72,14 @@ def compute(exp, splits, round_, iterations=None, points=30, subset=5000, bins=3
             estimator="noisy_kde", sigmas=estimators.DEFAULT_SIGMAS):
   """Information-plane rows for dense, ticket and reinit at ``round_`` of ``exp``'s trial."""
   cfg = exp.cfg
-  if exp.row("ticket", trial, round_) is None or round_ < 1:
-    raise StudyError(f"--round={round_}: trial {trial}'s ticket has not finished that round "
-                     f"(pass a finished round >= 1)")
+  if round_ < 1:
+    raise StudyError(f"--round={round_}: pass a round >= 1 (round 0 is the dense network, "
+                     f"which the study trains anyway)")
+  if exp.row("ticket", trial, round_) is None:  # its mask: the reinit arm's is the same
+    raise StudyError(f"--round={round_}: {exp.output_dir} lacks the stage [ticket trial {trial} "
+                     f"round {round_}], whose mask the study trains; make it with python -m "
+                     f"lth_tf.main --flagfile={exp.output_dir}/flags.cfg "
+                     f"--rounds={max(round_, exp.cfg.rounds)}")
   iterations = iterations or cfg.iterations
   model = ticket.wrap(models.build(cfg.model, splits.train_x.shape[1:], init=cfg.initializer))
   trainer = network.make_trainer(cfg, model)
