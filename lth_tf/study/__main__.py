@@ -106,18 +106,13 @@ def main(argv):
     fail(f"--round={FLAGS.round} is negative; pass a finished round (0 or more)")
   if name == "infoplane":
     from lth_tf.study import estimators  # TensorFlow-free
-    if FLAGS.estimator not in estimators.ESTIMATORS:
-      fail(f"--estimator={FLAGS.estimator} is unknown; use one of "
-           f"{', '.join(estimators.ESTIMATORS)}")
     try:
       sigmas = [float(v) for v in FLAGS.sigma]
     except ValueError:
       fail(f"--sigma={','.join(FLAGS.sigma)} is not a list of numbers; pass e.g. 0.1,0.3,1.0")
-    if not sigmas or any(not 0 < v < float("inf") for v in sigmas):
-      fail(f"--sigma={','.join(FLAGS.sigma)}: every noise level must be positive; pass levels "
-           f"relative to the layer's spread, e.g. 0.1,0.3,1.0")
-    if FLAGS.bins < 2:
-      fail(f"--bins={FLAGS.bins} is invalid; pass at least 2 (e.g. 30)")
+    message = estimators.problem(FLAGS.estimator, sigmas, FLAGS.bins)
+    if message:
+      fail(message)
   for d in dirs:  # local folders are checked before paying for TensorFlow's import
     problem = None if "://" in d else folder_problem(d)
     if problem:

@@ -32,6 +32,21 @@ NOISY = ("noisy_kde",)
 DEFAULT_SIGMAS = (0.1, 0.3, 1.0)
 
 
+def problem(estimator, sigmas, bins):
+  """Why ``estimator`` cannot run with noise levels ``sigmas`` and ``bins`` bins (one line
+  naming the flag and what is accepted), or None. TensorFlow-free: the command line asks
+  before importing it."""
+  if estimator not in ESTIMATORS:
+    return f"--estimator={estimator} is unknown; use one of {', '.join(ESTIMATORS)}"
+  bad = [s for s in sigmas if not (isinstance(s, (int, float)) and 0 < s < float("inf"))]
+  if estimator in NOISY and (bad or not sigmas):
+    return (f"--sigma={','.join(map(str, sigmas))}: {bad[0] if bad else 'empty'} is not a "
+            f"positive noise level; pass levels relative to the layer's spread, e.g. 0.1,0.3,1.0")
+  if not (isinstance(bins, int) and bins >= 2):
+    return f"--bins={bins} is invalid; pass at least 2 (e.g. 30)"
+  return None
+
+
 def entropy(counts):
   """Entropy in bits of a distribution given by counts."""
   p = np.asarray(counts, float)

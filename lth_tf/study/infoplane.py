@@ -27,17 +27,10 @@ COLUMNS = ("arm", "round", "iteration", "layer", "sigma", "i_xt", "i_ty", "i_xt_
 
 def check_estimator(estimator, sigmas, bins):
   """StudyError (one line naming the flag) for an estimator, noise level or bin count that
-  cannot be used."""
-  if estimator not in estimators.ESTIMATORS:
-    raise StudyError(f"--estimator={estimator} is unknown; use one of "
-                     f"{', '.join(estimators.ESTIMATORS)}")
-  bad = [s for s in sigmas if not (isinstance(s, (int, float)) and 0 < s < math.inf)]
-  if estimator in estimators.NOISY and (bad or not sigmas):
-    raise StudyError(f"--sigma={','.join(map(str, sigmas))}: {bad[0] if bad else 'empty'} is "
-                     f"not a positive noise level; pass levels relative to the layer's spread, "
-                     f"e.g. 0.1,0.3,1.0")
-  if not (isinstance(bins, int) and bins >= 2):
-    raise StudyError(f"--bins={bins} is invalid; pass at least 2 (e.g. 30)")
+  cannot be used (estimators.problem)."""
+  message = estimators.problem(estimator, sigmas, bins)
+  if message:
+    raise StudyError(message)
 
 
 def snapshot_iterations(iterations, points=30):

@@ -39,7 +39,7 @@ Rows are appended to study_instability.csv as they finish; a rerun skips the row
 a long study resumes where it stopped. Trained copies are cached under
 ``<output_dir>/study_instability/`` (out of git) for successive-round paths of later runs.
 """
-import math
+import weakref
 
 import numpy as np
 import tf_keras as keras
@@ -78,6 +78,9 @@ def _input_in(model, layer):
   raise ValueError(f"{layer.name} is not called in {model.name}")
 
 
+_BN_PROBES = weakref.WeakKeyDictionary()  # model -> the model of its BN layers' inputs
+
+
 def recompute_bn_statistics(model, batches):
   """Sets every BatchNormalization layer's moving mean and variance to the mean over
   ``batches`` (input arrays) of the batch statistics of the layer's input in training mode.
@@ -85,7 +88,9 @@ def recompute_bn_statistics(model, batches):
   layers = bn_layers(model)
   if not layers:
     return
-  probe = keras.Model(model.inputs, [_input_in(model, l) for l in layers])
+  if model not in _BN_PROBES:  # built once per model, not at every point of every path
+    _BN_PROBES[model] = keras.Model(model.inputs, [_input_in(model, l) for l in layers])
+  probe = _BN_PROBES[model]
   sums = [[0.0, 0.0] for _ in layers]
   for xb in batches:
     outputs = probe(xb, training=True)
@@ -103,9 +108,6 @@ def recompute_bn_statistics(model, batches):
 def path_errors(trainer, weights_a, weights_b, test, points=11, bn_batches=()):
   """Test errors at ``points`` evenly spaced points from ``weights_a`` (first) to
   ``weights_b`` (last), under the model's current masks; BN statistics recomputed at each."""
-  if points < 3:
-    raise StudyError(f"--path_points={points} is too few; pass at least 3 (11 or more for "
-                     f"a barrier worth reporting)")
   errors = []
   for alpha in np.linspace(0.0, 1.0, points):
     ticket.set_weights(trainer.model, interpolate(weights_a, weights_b, float(alpha)))
@@ -444,12 +446,3 @@ def run(output_dir, splits=None, data_dir=None, manual_dir=None, arms=None, tria
     return [path]
   artifacts.write_bytes(path, common.csv_text(COLUMNS, rows))
   return [path, *write_figure(exp, rows)]
-
-
-def summary(rows):
-  """{(kind, arm, start, rewind_iteration, round): (mean barrier, n)} for the README."""
-  out = {}
-  for r in rows:
-    k = (r["kind"], r["arm"], r["start"], r["rewind_iteration"], r["round"])
-    out.setdefault(k, []).append(r["barrier"])
-  return {k: (float(np.mean(v)), len(v)) for k, v in out.items() if not any(map(math.isnan, v))}
