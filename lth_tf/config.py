@@ -129,7 +129,8 @@ RESULT_FLAGS = ("model", "dataset", "rounds", "iterations", "batch_size", "learn
                 "score_batches", "synflow_iterations", "eb_epsilon", "eb_window", "threads",
                 "deterministic", "xla", "optimizer", "momentum", "warmup_iterations", "lr_drops",
                 "lr_drop_factor", "weight_decay", "strategy", "cpu_devices", "distribution",
-                "structure", "dst_interval", "dst_fraction", "dst_end", "eb_distance")
+                "structure", "dst_interval", "dst_fraction", "dst_end", "eb_distance",
+                "compact_training")
 EXTENSIBLE_FLAGS = ("rounds", "trials", "controls")
 EB_DISTANCES = ("jaccard", "hamming")
 LOCATION_FLAGS = ("data_dir", "manual_dir", "checkpoint_every")  # where, not what
@@ -168,6 +169,9 @@ def resolve(values):
     runtime["threads"] = os.cpu_count() or 1
   if runtime.get("strategy", "default") != "default":  # lth_tf.distribute: no XLA there
     runtime["xla"] = False
+    if given.get("compact_training"):
+      raise ConfigError(f"--compact_training trains on one device; drop "
+                        f"--strategy={runtime['strategy']}")
   fields = {f.name for f in dataclasses.fields(Config)}
   return (Config(**{k: v for k, v in given.items() if k in fields}), Runtime(**runtime))
 
@@ -318,6 +322,9 @@ class Config:
   # weights that differ, You et al.'s: below ~5% kept it cannot exceed ε = 0.1, so it settles
   # at once). Early-bird folders written before the flag read as hamming (their before_flags).
   eb_distance: str = "jaccard"
+  # --structure=unit: train each stage after the dense round on the network without its removed
+  # units (lth_tf.compact_training), the same function from the same start, cheaper as units go.
+  compact_training: bool = False
 
   def __post_init__(self):
     self.validate()  # a Config that exists is a valid one
@@ -428,6 +435,12 @@ class Config:
       raise ConfigError(f"--global_output_layer pools the output layer under one threshold; "
                         f"--distribution={self.distribution} sets every layer's density, the "
                         f"output layer's too: drop one of them")
+    if not isinstance(self.compact_training, bool):
+      raise ConfigError(f"--compact_training={self.compact_training!r} is not true or false")
+    if self.compact_training and self.structure != UNIT:
+      raise ConfigError(f"--compact_training trains the network without its removed units, "
+                        f"which only whole-unit masks remove; pass --structure=unit (got "
+                        f"--structure={self.structure or 'none'})")
     _check_name("rewind", self.rewind, REWIND)
     _check_name("optimizer", self.optimizer, OPTIMIZERS)
     _check_name("initializer", self.initializer, architectures.INITIALIZERS)

@@ -14,8 +14,8 @@ import dataclasses
 
 from absl import logging
 
-from lth_tf import (artifacts, console, data, distribute, environment, layout, masks, models,
-                    summaries, ticket, training)
+from lth_tf import (artifacts, compact_training, console, data, distribute, environment,
+                    layout, masks, models, summaries, ticket, training)
 from lth_tf import export as export_lib
 from lth_tf.arms import registry as arm_registry
 from lth_tf.config import ConfigError
@@ -56,6 +56,8 @@ def setup_tensorflow(threads, seed, deterministic, cpu_devices=0, strategy="defa
 
 def check_strategy(cfg, strategy):
   """--batch_size is the global batch: it must split evenly over the strategy's replicas."""
+  if cfg.compact_training and strategy is not None:
+    raise ConfigError("--compact_training trains on one device; drop --strategy")
   replicas = 1 if strategy is None else strategy.num_replicas_in_sync
   if cfg.batch_size % replicas:
     raise ConfigError(f"--batch_size={cfg.batch_size} (the global batch) does not split over "
@@ -155,6 +157,9 @@ class _Run:
     with self.scope():
       self.model = ticket.wrap(models.build(cfg.model, self.shape, init=cfg.initializer))
       self.trainer = make_trainer(cfg, self.model, jit_compile, strategy)
+    self.compact = (compact_training.CompactTraining(
+        cfg, self.shape, lambda m: make_trainer(cfg, m, jit_compile)) if cfg.compact_training
+        else None)
     # Its own variables (mask, θ0⊙mask) are plain: written from numpy, read only to save.
     self.exporter = export_lib.TicketExporter(self.model) if export else None
     self.train = training.Split.of(splits.train_x, splits.train_y)
@@ -249,9 +254,12 @@ class _Run:
     label = f"[{arm} trial {trial} round {round_}]"
     logging.info("%s %.2f%% of weights remaining", label, pct)
     init, init_seed = self.start(arm, trial, round_, rewinder, mask)
-    self.trainer.reset_optimizer()
-    checkpoint = (training.RoundCheckpoint(f"{out_dir}/checkpoint", self.model,
-                                           self.trainer.optimizer)
+    # The dense round has nothing to compact; later ones train the compact network if asked.
+    compacted = self.compact is not None and round_ > 0
+    trainer = self.compact.prepare(self.model) if compacted else self.trainer
+    trainer.reset_optimizer()
+    checkpoint = (training.RoundCheckpoint(f"{out_dir}/checkpoint", trainer.model,
+                                           trainer.optimizer)
                   if self.checkpoint_every else None)
     data_seed = layout.data_seed(cfg, trial, round_)
     table = data.batch_indices(len(self.splits.train_x), cfg.batch_size, cfg.iterations,
@@ -265,12 +273,14 @@ class _Run:
       checkpoint = None
     if self.logdir:
       callbacks.append(summaries.StageSummaries(
-          summaries.stage_run(self.logdir, arm, trial, round_), cfg.iterations))
+          summaries.stage_run(self.logdir, arm, trial, round_), cfg.iterations, mask))
     with self.scope():
       result = training.train_round(
-          self.trainer, self.train, table, self.val, self.test, cfg.eval_every,
+          trainer, self.train, table, self.val, self.test, cfg.eval_every,
           callbacks=callbacks, checkpoint=checkpoint,
           checkpoint_every=self.checkpoint_every, test_curve=cfg.test_curve, label=label)
+      if compacted:
+        self.compact.write_back(self.model)
       ticket.apply_masks(self.model)
       final = ticket.get_weights(self.model)
       artifacts.write_weights(f"{out_dir}/weights.npz", final)

@@ -7,15 +7,32 @@ weights to retrain the ticket from. ``tf.saved_model.load(path)`` and
 ``tf_keras.models.load_model(path)`` both read it.
 
   python -m lth_tf.export --ticket=<ticket folder> --format=tflite   # also a .tflite file
+
+Deployment formats of a finished stage (read from its weights.npz and masks.npz; each written
+atomically into a new folder of the stage, nothing the experiment wrote is changed):
+
+  python -m lth_tf.export --output_dir=<experiment> --round=R --format=compact
+      <stage>/compact/: the smallest dense model computing what the masked ticket computes
+      (lth_tf.compact), as a SavedModel, model.tflite, and compaction.json (what was removed,
+      and the check: its logits against the masked ticket's on the test split)
+  python -m lth_tf.export --output_dir=<experiment> --round=R --format=tflite_sparse
+      <stage>/tflite_sparse/: the masked ticket through the converter's sparsity optimization,
+      model.tflite and storage.json (each weight tensor: stored sparse or dense, read from the
+      converted flatbuffer)
 """
+import dataclasses
+import json
+import os
+import shutil
 import sys
+import tempfile
 import uuid
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from lth_tf import artifacts, ticket
+from lth_tf import artifacts, compact, data, layout, models, ticket
 
 
 class TicketExporter:
@@ -49,13 +66,21 @@ class TicketExporter:
       for i, var in enumerate(variables):
         value = init_weights[n][i]
         var.assign(value * mask[n] if i == 0 and n in mask else value)
-    for stale in tf.io.gfile.glob(f"{path}.tmp-*"):  # left by a run killed mid-export
-      tf.io.gfile.rmtree(stale)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    self.model.save(tmp, save_format="tf", include_optimizer=False)
-    if tf.io.gfile.exists(path):
-      tf.io.gfile.rmtree(path)
-    tf.io.gfile.rename(tmp, path)
+    write_folder(path, lambda tmp: self.model.save(tmp, save_format="tf",
+                                                   include_optimizer=False))
+
+
+def write_folder(path, fill):
+  """Makes folder ``path`` atomically: ``fill(tmp)`` writes a sibling ``<path>.tmp-*`` that then
+  replaces ``path``; a reader never sees half an export, a killed one leaves only a .tmp-*
+  (removed by the next export)."""
+  for stale in tf.io.gfile.glob(f"{path}.tmp-*"):
+    tf.io.gfile.rmtree(stale)
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  fill(tmp)
+  if tf.io.gfile.exists(path):
+    tf.io.gfile.rmtree(path)
+  tf.io.gfile.rename(tmp, path)
 
 
 def check_ticket(ticket_dir):
@@ -93,26 +118,249 @@ def to_tflite(ticket_dir):
   return path
 
 
+class ExportError(Exception):
+  """A stage that cannot be exported in the asked format; one line naming it and the fix."""
+
+
+@dataclasses.dataclass
+class StageNetwork:
+  """A finished stage's trained network as its files hold it."""
+  path: str
+  model: str
+  input_shape: tuple
+  weights: dict  # {layer: [kernel, bias]}, the kernels masked (the last iteration's)
+  mask: dict     # {layer: 0/1}: the mask the weights were trained under
+  dataset: str
+
+
+def stage_network(output_dir, round_, arm="ticket", trial=0):
+  """The trained network of stage (arm, trial, round_) of the experiment in ``output_dir``.
+
+  ExportError (one line) when the folder is not an experiment, the stage is not one of it or
+  has not finished, or its weights are not here (weights.npz stays out of git).
+  """
+  from lth_tf.study import common
+  try:
+    exp = common.load(output_dir)
+  except (common.StudyError, artifacts.CorruptFileError) as e:
+    raise ExportError(str(e)) from None
+  cfg = exp.cfg
+  if not isinstance(round_, int) or not 0 <= round_ <= cfg.rounds:
+    raise ExportError(f"--round={round_}: {output_dir} has rounds 0 to {cfg.rounds}")
+  if not isinstance(trial, int) or not 0 <= trial < cfg.trials:
+    raise ExportError(f"--trial={trial}: {output_dir} has trials 0 to {cfg.trials - 1}")
+  if arm not in cfg.arms(round_):
+    raise ExportError(f"--arm={arm}: round {round_} of {output_dir} has the arms "
+                      f"{', '.join(cfg.arms(round_))}")
+  path = layout.stage_dir(output_dir, arm, trial, round_)
+  if exp.row(arm, trial, round_) is None:
+    raise ExportError(f"[{arm} trial {trial} round {round_}] of {output_dir} has not finished; "
+                      f"run python -m lth_tf.main --flagfile={output_dir}/flags.cfg")
+  if not exp.has_weights(arm, trial, round_):
+    raise ExportError(f"{path}/weights.npz is missing: the stage's trained weights stay where "
+                      f"lth_tf.main ran (not in git); rerun the experiment into a new folder, "
+                      f"python -m lth_tf.main --flagfile={output_dir}/flags.cfg "
+                      f"--output_dir=<new folder>, and export from there")
+  try:
+    weights = exp.weights(arm, trial, round_)
+    final = f"{path}/final_masks.npz"  # a mask that moved during training: the one it ended on
+    if artifacts.exists(final):
+      shapes = {n: s for n, (s, _) in cfg.kernel_shapes().items()}
+      mask = artifacts.read_mask(final, shapes)
+    else:
+      mask = exp.mask(arm, trial, round_)
+  except artifacts.CorruptFileError as e:
+    raise ExportError(str(e)) from None
+  return StageNetwork(path, cfg.model, data.SHAPES[cfg.dataset], weights, mask, cfg.dataset)
+
+
+def masked_model(net):
+  """The full-size tf-keras model of ``net`` with its trained, masked weights."""
+  model = models.build(net.model, net.input_shape)
+  for name, layer in ticket.weight_layers(model).items():
+    for var, value in zip(layer.weights, net.weights[name]):
+      var.assign(value)
+  return model
+
+
+def check_images(output_dir, net, count=None):
+  """Images to compare two models on: the experiment's test split when its data is here,
+  else seeded random images; (images, what they are)."""
+  from lth_tf.study import common, properties
+  try:
+    exp = common.load(output_dir)
+    splits = properties.load_test_split(exp)
+    x = splits.test_x if count is None else splits.test_x[:count]
+    return x, f"the {net.dataset} test split ({len(x)} images)"
+  except (data.DatasetUnavailableError, common.StudyError, OSError, ValueError):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (count or 1000,) + tuple(net.input_shape), dtype=np.uint8)
+    return x, f"{len(x)} random images (the {net.dataset} data is not here)"
+
+
+def logits(model, x, chunk=1000):
+  return np.concatenate([model(x[i:i + chunk], training=False).numpy()
+                         for i in range(0, len(x), chunk)])
+
+
+def compare(reference, candidate, x):
+  """How closely ``candidate`` computes ``reference`` on images ``x``: max |Δlogit|, max
+  |logit|, and the fraction of images whose predicted class differs."""
+  a, b = logits(reference, x), logits(candidate, x)
+  return dict(max_abs_logit_difference=float(np.abs(a - b).max()),
+              max_abs_logit=float(np.abs(a).max()),
+              predictions_differing=float((a.argmax(-1) != b.argmax(-1)).mean()))
+
+
+def compact_network(net):
+  """(the compact tf-keras model of ``net``, its compact.Plan); ExportError if the model or
+  the mask cannot be compacted."""
+  try:
+    p = compact.plan(net.model, net.input_shape, net.weights, net.mask)
+  except compact.CompactionError as e:
+    raise ExportError(f"{net.path}: {e}") from None
+  return compact.build(p, compact.compact_weights(p, net.weights, net.mask)), p
+
+
+def parameters(model):
+  return int(sum(np.prod(v.shape) for v in model.weights))
+
+
+def tflite_bytes(saved_model_dir):
+  return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
+
+
+def export_compact(output_dir, round_, arm="ticket", trial=0):
+  """Writes ``<stage>/compact`` (SavedModel, model.tflite, compaction.json); returns its path.
+
+  The compact model is checked against the masked ticket before anything is written: the same
+  class on every check image and logits within float rounding (1e-4 of the largest logit);
+  RuntimeError otherwise (a bug, not bad input).
+  """
+  net = stage_network(output_dir, round_, arm, trial)
+  model, p = compact_network(net)
+  full = masked_model(net)
+  x, source = check_images(output_dir, net)
+  check = dict(compare(full, model, x), images=source)
+  if (check["predictions_differing"] > 0 or check["max_abs_logit_difference"]
+      > 1e-4 * max(1.0, check["max_abs_logit"])):
+    raise RuntimeError(f"{net.path}: the compact model does not compute the ticket: {check}")
+  report = dict(stage=net.path, model=net.model, layers=p.summary(net.mask),
+                parameters=dict(masked=parameters(full), compact=parameters(model)),
+                nonzero_weights=int(sum((m > 0).sum() for m in net.mask.values())), check=check)
+
+  def fill(tmp):
+    model.save(tmp, save_format="tf", include_optimizer=False)
+    with open(os.path.join(tmp, "model.tflite"), "wb") as f:
+      f.write(tflite_bytes(tmp))
+    with open(os.path.join(tmp, "compaction.json"), "w") as f:
+      json.dump(report, f, indent=1)
+
+  path = f"{net.path}/compact"
+  write_folder(path, fill)
+  return path
+
+
+def export_tflite_sparse(output_dir, round_, arm="ticket", trial=0):
+  """Writes ``<stage>/tflite_sparse`` (model.tflite with the converter's sparsity
+  optimization, storage.json: how each weight tensor was stored); returns its path."""
+  from lth_tf import tflite_sparse
+  net = stage_network(output_dir, round_, arm, trial)
+  saved = tempfile.mkdtemp(prefix="lth_tf_export_")
+  try:
+    masked_model(net).save(saved, save_format="tf", include_optimizer=False)
+    content = tflite_sparse.convert(saved, sparse=True)
+  finally:
+    shutil.rmtree(saved, ignore_errors=True)
+  storage = tflite_sparse.weight_storage(content)
+
+  def fill(tmp):
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, "model.tflite"), "wb") as f:
+      f.write(content)
+    with open(os.path.join(tmp, "storage.json"), "w") as f:
+      json.dump(dict(stage=net.path, tensors=storage), f, indent=1)
+
+  path = f"{net.path}/tflite_sparse"
+  write_folder(path, fill)
+  print(tflite_sparse.describe(storage))
+  return path
+
+
+FORMATS = ("tflite", "compact", "tflite_sparse")
+
+
+def fail(message):
+  """One line on stderr, exit code 2: bad input, never a crash."""
+  print(f"lth_tf.export: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   from absl import flags
-  del argv
   FLAGS = flags.FLAGS
-  if not FLAGS.ticket or not tf.io.gfile.exists(f"{FLAGS.ticket}/saved_model.pb"):
-    print(f"lth_tf.export: error: --ticket={FLAGS.ticket} is not a ticket SavedModel folder; "
-          f"pass <output_dir>/<arm>/trial_<t>/round_<r>/ticket", file=sys.stderr)
-    sys.exit(2)
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.format == "tflite" and FLAGS.ticket:
+    if not tf.io.gfile.exists(f"{FLAGS.ticket}/saved_model.pb"):
+      fail(f"--ticket={FLAGS.ticket} is not a ticket SavedModel folder; pass "
+           f"<output_dir>/<arm>/trial_<t>/round_<r>/ticket")
+    try:
+      print(to_tflite(FLAGS.ticket))
+    except artifacts.CorruptFileError as e:
+      fail(e)
+    return
+  if FLAGS.ticket:
+    fail(f"--ticket is for --format=tflite; --format={FLAGS.format} takes --output_dir and "
+         f"--round (and --arm, --trial)")
+  if not FLAGS.output_dir or FLAGS.round is None:
+    fail(f"--format={FLAGS.format} needs --output_dir=<experiment folder> and --round=R "
+         f"(and --arm, --trial: default ticket, 0)")
   try:
-    print(to_tflite(FLAGS.ticket))
-  except artifacts.CorruptFileError as e:
-    print(f"lth_tf.export: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    if FLAGS.format == "tflite":
+      net = stage_network(FLAGS.output_dir, FLAGS.round, FLAGS.arm, FLAGS.trial)
+      ticket_dir = f"{net.path}/ticket"
+      if not tf.io.gfile.exists(f"{ticket_dir}/saved_model.pb"):
+        fail(f"{ticket_dir} is missing: the experiment ran with --export=false; use "
+             f"--format=compact or --format=tflite_sparse, which read weights.npz")
+      print(to_tflite(ticket_dir))
+    elif FLAGS.format == "compact":
+      print(export_compact(FLAGS.output_dir, FLAGS.round, FLAGS.arm, FLAGS.trial))
+    else:
+      print(export_tflite_sparse(FLAGS.output_dir, FLAGS.round, FLAGS.arm, FLAGS.trial))
+  except (ExportError, artifacts.CorruptFileError) as e:
+    fail(e)
+
+
+def define_flags():
+  """Defined only when run as a command, so importing this module defines no flags."""
+  from absl import flags
+  flags.DEFINE_string("ticket", None, "--format=tflite: a ticket folder written by lth_tf.main.")
+  flags.DEFINE_enum("format", "tflite", list(FORMATS), "tflite: the ticket SavedModel as "
+                    ".tflite; compact: the smallest dense model computing the ticket's "
+                    "function (SavedModel and .tflite); tflite_sparse: TFLite with the "
+                    "converter's sparsity optimization, and which tensors it stored sparse.")
+  flags.DEFINE_string("output_dir", None, "The experiment folder (with --round).")
+  flags.DEFINE_integer("round", None, "The stage's round.")
+  flags.DEFINE_string("arm", "ticket", "The stage's arm (ticket or a control).")
+  flags.DEFINE_integer("trial", 0, "The stage's trial.")
+
+
+def parse_flags(argv):
+  """absl's parsing, its errors (an unknown flag or format, a value of the wrong type) one line
+  and exit code 2 like the export's own."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    fail(f"{first.removeprefix('ERROR:: ')}; see python -m lth_tf.export --helpfull")
 
 
 def run():
-  from absl import app, flags
-  flags.DEFINE_string("ticket", None, "A ticket folder written by lth_tf.main.")
-  flags.DEFINE_enum("format", "tflite", ["tflite"], "Export format.")
-  app.run(main)
+  from absl import app
+  define_flags()
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ flags.DEFINE_string("eb_distance", "jaccard", "early_bird: the mask "
                   "distance --eb_epsilon bounds: jaccard (1 - IoU of the kept weights; means the "
                   "same at any sparsity) or hamming (fraction of all weights that differ, You et "
                   "al.'s; vacuous below ~5% kept).")
+flags.DEFINE_bool("compact_training", False, "--structure=unit: train every stage after the "
+                  "dense round on the compact network (its removed units gone) instead of the "
+                  "masked full-size one: the same function from the same start, faster as units "
+                  "go; weights, masks and tickets are recorded at full size as always.")
 flags.DEFINE_float("prune_rate", None, "Global pruning's per-round rate, and with "
                    "--distribution the overall one (default: --prune_rate_fc).")
 flags.DEFINE_string("distribution", "", "Split round r's overall density (1 - --prune_rate)^r "

@@ -25,15 +25,19 @@ def stage_run(logdir, arm, trial, round_):
 
 
 class StageSummaries(keras.callbacks.Callback):
-  """Writes one stage's TensorBoard run while it trains (x axis: iteration within the round)."""
+  """Writes one stage's TensorBoard run while it trains (x axis: iteration within the round).
 
-  def __init__(self, run_dir, iterations):
+  ``mask`` is the stage's ({layer: 0/1}): the model that trains may be the compact network
+  (--compact_training), which holds only the kept weights and no mask.
+  """
+
+  def __init__(self, run_dir, iterations, mask):
     super().__init__()
-    self.run_dir, self.iterations = run_dir, iterations
+    self.run_dir, self.iterations, self.mask = run_dir, iterations, mask
     self.writer = None
 
   def _histograms(self, name, step):
-    masks = ticket.get_masks(self.model)
+    masks = ticket.get_masks(self.model)  # none in a compact network: every weight is kept
     for layer, weights in ticket.get_weights(self.model).items():
       kernel = weights[0][masks[layer] > 0] if layer in masks else weights[0]
       tf.summary.histogram(f"weights_{name}/{layer}", kernel, step=step)
@@ -41,7 +45,7 @@ class StageSummaries(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     self.writer = tf.summary.create_file_writer(self.run_dir)
     with self.writer.as_default():
-      masks = ticket.get_masks(self.model)
+      masks = self.mask
       for layer, m in masks.items():
         tf.summary.scalar(f"weights_remaining/{layer}", 100.0 * float(m.mean()), step=0)
       total = sum(m.size for m in masks.values())

@@ -61,3 +61,41 @@ def test_round_stability_prints_ratio_and_growth():
   assert float(match.group(1)) > 0
   assert math.isfinite(float(match.group(2)))  # memory may also shrink: any finite number
   assert "round  2:" in proc.stdout
+
+
+def test_deploy_prints_ratios_at_ci_size(cli_experiment):
+  import json
+  out, _ = cli_experiment
+  proc = _run_module("benchmarks.deploy", [f"--output_dir={out}", "--rounds=1", "--repeats=1",
+                                           "--calls=2", "--batches=1,8"])
+  line = _last_line(proc)
+  assert line.startswith("deploy {"), line
+  result = json.loads(line[len("deploy "):])
+  assert set(result) == {"rounds", "dense"} and set(result["rounds"]) == {"1"}
+  keys = {"tflite_size", "tflite_size_gz", "saved_model_size", "saved_model_size_gz",
+          "tflite_b1", "tflite_b8", "saved_model_b1", "saved_model_b8"}
+  dense = result["dense"]
+  assert keys <= set(dense) and all(dense[k] > 0 for k in keys)
+  entry = result["rounds"]["1"]
+  assert 0 < entry["weights_remaining"] < 100
+  for name in ("masked", "compact", "tflite_sparse"):
+    formats = ("tflite",) if name == "tflite_sparse" else ("tflite", "saved_model")
+    for k in keys:
+      value = entry[name][k]
+      if k.startswith(formats):
+        assert isinstance(value, float) and value > 0, (name, k, value)
+      else:
+        assert value is None, (name, k, value)
+  # the masked network has the dense one's shapes: its raw TFLite file is as large
+  assert abs(entry["masked"]["tflite_size"] - 1.0) < 0.05
+  assert 0 < entry["compact"]["parameters"] <= entry["compact"]["masked_parameters"]
+  assert 0 <= entry["tflite_sparse"]["sparse_tensors"] <= entry["tflite_sparse"]["weight_tensors"]
+  assert "check round 1:" in proc.stdout and "MISMATCH" not in proc.stdout
+  assert "round 1: " in proc.stdout and "masked" in proc.stdout  # the human table
+
+  bad = _run_module("benchmarks.deploy", [f"--output_dir={out}", "--rounds=5"])
+  # one error line, the last on stderr (TensorFlow's start-up log may come above it)
+  lines = [l for l in bad.stderr.splitlines() if l.strip()]
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+  assert lines[-1].startswith("benchmarks.deploy: error: ") and "round 5" in lines[-1], lines
+  assert sum(l.startswith("benchmarks.deploy:") for l in lines) == 1 and bad.stdout == ""

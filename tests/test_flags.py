@@ -62,6 +62,8 @@ BAD = {
     "dst_interval": [("0", ()), ("-1", ()), ("150", ("--pruning=set",)), ("abc", ())],
     "dst_fraction": [("0", ()), ("1", ()), ("-0.1", ()), ("nan", ()), ("abc", ())],
     "dst_end": [("0", ()), ("1.5", ()), ("nan", ()), ("abc", ())],
+    "compact_training": [("maybe", ()), ("true", ()), ("true", ("--structure=2:4", "--rounds=1")),
+                         ("true", ("--structure=unit", "--strategy=mirrored"))],
     "distribution": [("erk2", ()), ("ERK", ()), ("erk", ("--pruning=global",)),
                      ("erk", ("--global_output_layer",)), ("uniform", ("--rounds=60",))],
     "one_shot": [("maybe", ()), ("true", ("--rewind=none",)), ("true", ("--pruning=snip",))],
