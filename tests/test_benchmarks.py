@@ -99,3 +99,14 @@ def test_deploy_prints_ratios_at_ci_size(cli_experiment):
   assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
   assert lines[-1].startswith("benchmarks.deploy: error: ") and "round 5" in lines[-1], lines
   assert sum(l.startswith("benchmarks.deploy:") for l in lines) == 1 and bad.stdout == ""
+
+
+def test_compact_training_prints_ratios_at_ci_size():
+  proc = _run_module("benchmarks.compact_training", ["--rounds=0,5", "--iterations=100",
+                                                     "--eval_every=50", "--repeats=1"])
+  line = _last_line(proc)
+  match = re.fullmatch(r"compact_training lenet300_100 r0=(\d+\.\d{3}) r5=(\d+\.\d{3})", line)
+  assert match, line
+  assert all(float(v) > 0 for v in match.groups())
+  assert "check round 0:" in proc.stdout and "check round 5:" in proc.stdout
+  assert "MISMATCH" not in proc.stdout

@@ -8,7 +8,8 @@ import pytest
 
 from lth_tf import compact, models, pruning, ticket
 
-SHAPES = {"lenet300_100": (28, 28, 1), "conv2": (28, 28, 1), "conv4": (32, 32, 3)}
+SHAPES = {"lenet300_100": (28, 28, 1), "conv2": (28, 28, 1), "conv4": (32, 32, 3),
+          "conv6": (28, 28, 1)}
 
 
 def network(name, seed=0):
@@ -58,8 +59,8 @@ def magnitude_masks(weights, fraction):
   return out
 
 
-@pytest.mark.parametrize("name", ["lenet300_100", "conv2", "conv4"])
-@pytest.mark.parametrize("fraction", [0.5, 0.05, 0.005])
+@pytest.mark.parametrize("name,fraction", [(n, f) for n in ("lenet300_100", "conv2", "conv4")
+                                           for f in (0.5, 0.05, 0.005)] + [("conv6", 0.005)])
 def test_magnitude_tickets_compact_to_the_same_function(name, fraction):
   _, weights = network(name)
   mask = magnitude_masks(weights, fraction)
