@@ -271,26 +271,20 @@ def build(p, weights=None):
   same layer names), with ``weights`` ({layer: [kernel, bias]} of compact shapes) if given."""
   import tf_keras as keras
 
+  from lth_tf import models
   convs, fcs = PLAIN[p.model]
+  widths = iter(len(l.units) for l in p.layers)
+  convs = [spec if spec == "pool" else next(widths) for spec in convs]
+  fcs = [next(widths) for _ in fcs]
   inputs = keras.Input(shape=p.input_shape, dtype="uint8", name="image")
   h = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
   has_convs = p.layers[0].kind == "conv"
   if has_convs and p.gather is not None:
     h = gather_layer()(p.gather.tolist(), name="input_channels")(h)
-  count = 0
-  for spec in convs:
-    if spec == "pool":
-      h = keras.layers.MaxPooling2D(2, name=f"pool{count}")(h)
-    else:
-      count += 1
-      h = keras.layers.Conv2D(len(p.layer(f"conv{count}").units), 3, padding="same",
-                              activation="relu", name=f"conv{count}")(h)
-  h = keras.layers.Flatten(name="flatten")(h)
   gather = p.flat_gather if has_convs else p.gather
-  if gather is not None:
-    h = gather_layer()(gather.tolist(), name="kept_features")(h)
-  for i in range(1, len(fcs) + 1):
-    h = keras.layers.Dense(len(p.layer(f"fc{i}").units), activation="relu", name=f"fc{i}")(h)
+  h = models.plain_body(h, convs, fcs, lambda: "glorot_uniform", after_flatten=None
+                        if gather is None else gather_layer()(gather.tolist(),
+                                                              name="kept_features"))
   logits = keras.layers.Dense(len(p.layer("output").units), name="output")(h)
   model = keras.Model(inputs, logits, name=f"{p.model}_compact")
   if weights is not None:

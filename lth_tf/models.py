@@ -47,13 +47,15 @@ def build(name, input_shape, num_classes=10, init="glorot_normal", seed=0, init_
   elif name in RESNET:
     h = _resnet(h, *RESNET[name], kernel_init)
   else:
-    h = _plain(h, *PLAIN[name], kernel_init)
+    h = plain_body(h, *PLAIN[name], kernel_init)
   logits = keras.layers.Dense(num_classes, kernel_initializer=kernel_init(), name="output")(h)
   return keras.Model(inputs, logits, name=name)
 
 
-def _plain(h, convs, fcs, kernel_init):
-  """Frankle & Carbin's LeNet and Conv-2/4/6 up to the output layer."""
+def plain_body(h, convs, fcs, kernel_init, after_flatten=None):
+  """Frankle & Carbin's LeNet and Conv-2/4/6 up to the output layer, from a plan of conv
+  widths with "pool" markers and fc widths (a compact network passes its own widths, and
+  ``after_flatten``, a layer applied to the flattened features)."""
   conv_count = 0
   for spec in convs:
     if spec == "pool":
@@ -63,6 +65,8 @@ def _plain(h, convs, fcs, kernel_init):
       h = keras.layers.Conv2D(spec, 3, padding="same", activation="relu",
                               kernel_initializer=kernel_init(), name=f"conv{conv_count}")(h)
   h = keras.layers.Flatten(name="flatten")(h)
+  if after_flatten is not None:
+    h = after_flatten(h)
   for i, width in enumerate(fcs, start=1):
     h = keras.layers.Dense(width, activation="relu", kernel_initializer=kernel_init(),
                            name=f"fc{i}")(h)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import lth_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tf_keras as keras  # noqa: E402  (after lth_tf: Keras 2)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MANUAL_DIR = REPO.parent / "shared" / "datasets" / "fashion_mnist"
@@ -33,6 +34,26 @@ def synthetic_splits(n_train=600, n_val=200, n_test=200, shape=(28, 28, 1), seed
 
   (a, b), (c, d), (e, f) = make(n_train), make(n_val), make(n_test)
   return data.Splits(a, b, c, d, e, f)
+
+
+class Interrupt(Exception):
+  """What InterruptAt raises: a kill at that point of a run."""
+
+
+class InterruptAt(keras.callbacks.Callback):
+  """Raises Interrupt at evaluation ``epoch`` of the ``stage_index``-th stage a run trains,
+  as a kill would stop the process there."""
+
+  def __init__(self, stage_index, epoch):
+    super().__init__()
+    self.stage_index, self.epoch, self.seen = stage_index, epoch, -1
+
+  def on_train_begin(self, logs=None):
+    self.seen += 1
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.seen == self.stage_index and epoch == self.epoch:
+      raise Interrupt()
 
 
 @pytest.fixture(scope="session")

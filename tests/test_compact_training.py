@@ -5,7 +5,7 @@ anything else is refused in one line."""
 import numpy as np
 import pytest
 import tf_keras as keras
-from conftest import TINY_ARGS, assert_refused, needs_fashion  # noqa: F401
+from conftest import TINY_ARGS, Interrupt, InterruptAt, assert_refused, needs_fashion
 from lth_tf import (artifacts, compact_training, config, experiment, layout, masks, models,
                     pruning, ticket)
 from lth_tf.network import make_trainer
@@ -99,23 +99,6 @@ def test_a_compact_stage_exports_its_ticket_at_full_size(both):
              if v.name.endswith("kernel:0")}
   for n in mask:
     np.testing.assert_array_equal(kernels[n], weights[n][0])
-
-
-class Interrupt(Exception):
-  pass
-
-
-class InterruptAt(keras.callbacks.Callback):
-  def __init__(self, stage_index, epoch):
-    super().__init__()
-    self.stage_index, self.epoch, self.seen = stage_index, epoch, -1
-
-  def on_train_begin(self, logs=None):
-    self.seen += 1
-
-  def on_epoch_end(self, epoch, logs=None):
-    if self.seen == self.stage_index and epoch == self.epoch:
-      raise Interrupt()
 
 
 def test_an_interrupted_compact_stage_resumes_bit_identically(tmp_path, splits, tiny_config):

@@ -1,9 +1,8 @@
 """The experiment loop in-process on tiny synthetic data: the science of every stage."""
 import numpy as np
 import pytest
-import tf_keras as keras
 
-from conftest import accuracy, load_mask, u_shaped
+from conftest import Interrupt, InterruptAt, accuracy, load_mask, u_shaped
 from lth_tf import artifacts, config, environment, experiment, layout, masks, network, pruning
 
 
@@ -175,25 +174,6 @@ def test_seeds_are_pure_functions_of_their_parts():
   assert layout.derive_seed(0, 1, "reinit", 2) == layout.derive_seed(0, 1, "reinit", 2)
   assert layout.derive_seed(0, 1, "reinit", 2) != layout.derive_seed(0, 1, "reinit", 3)
   assert layout.derive_seed(0, 1, "init") != layout.derive_seed(0, 2, "init")
-
-
-class Interrupt(Exception):
-  pass
-
-
-class InterruptAt(keras.callbacks.Callback):
-  """Raises at an evaluation of one stage, as a kill would stop the process there."""
-
-  def __init__(self, stage_index, epoch):
-    super().__init__()
-    self.stage_index, self.epoch, self.seen = stage_index, epoch, -1
-
-  def on_train_begin(self, logs=None):
-    self.seen += 1
-
-  def on_epoch_end(self, epoch, logs=None):
-    if self.seen == self.stage_index and epoch == self.epoch:
-      raise Interrupt()
 
 
 def test_interrupted_round_resumes_from_checkpoint_bit_identically(tmp_path, splits, tiny_config,
