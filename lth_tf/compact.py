@@ -69,7 +69,7 @@ class Plan:
     return next(l for l in self.layers if l.name == name)
 
   def summary(self, masks):
-    """{layer: {units, kept, weights, kept_weights, folded, constant_kept}} and the inputs read:
+    """{layer: {units, kept, weights, folded, constant_kept}} and the inputs read:
     what the compact network keeps of the masked one."""
     out = {}
     for l in self.layers:

@@ -352,7 +352,9 @@ def run(cfg, output_dir, splits, checkpoint_every=0, jit_compile=True, callbacks
         on_divergence="continue", export=False, logdir=None, strategy=None):
   """Runs (or resumes) every stage of ``cfg`` into ``output_dir``; returns results.csv rows.
 
-  ``callbacks`` are extra Keras callbacks given to every stage's training. ``export`` writes
+  ``callbacks`` are extra Keras callbacks given to every stage's training (with
+  --compact_training, their model from round 1 is the compact network: no masks, compact
+  shapes). ``export`` writes
   each stage's ticket as a SavedModel; ``logdir`` enables TensorBoard runs. A stage whose loss
   becomes NaN/inf is recorded as diverged; then ``on_divergence="stop"`` raises DivergedError,
   and "continue" goes on, except that a diverged ticket ends its trial (later rounds would be

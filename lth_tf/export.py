@@ -73,14 +73,18 @@ class TicketExporter:
 def write_folder(path, fill):
   """Makes folder ``path`` atomically: ``fill(tmp)`` writes a sibling ``<path>.tmp-*`` that then
   replaces ``path``; a reader never sees half an export, a killed one leaves only a .tmp-*
-  (removed by the next export)."""
+  (removed by the next export; the previous export, if the kill fell between the two renames)."""
   for stale in tf.io.gfile.glob(f"{path}.tmp-*"):
     tf.io.gfile.rmtree(stale)
   tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
   fill(tmp)
-  if tf.io.gfile.exists(path):
-    tf.io.gfile.rmtree(path)
-  tf.io.gfile.rename(tmp, path)
+  if tf.io.gfile.exists(path):  # moved aside, not deleted, until the new one is in place
+    old = f"{path}.tmp-old-{uuid.uuid4().hex[:8]}"
+    tf.io.gfile.rename(path, old)
+    tf.io.gfile.rename(tmp, path)
+    tf.io.gfile.rmtree(old)
+  else:
+    tf.io.gfile.rename(tmp, path)
 
 
 def check_ticket(ticket_dir):
@@ -156,6 +160,9 @@ def stage_network(output_dir, round_, arm="ticket", trial=0):
   if exp.row(arm, trial, round_) is None:
     raise ExportError(f"[{arm} trial {trial} round {round_}] of {output_dir} has not finished; "
                       f"run python -m lth_tf.main --flagfile={output_dir}/flags.cfg")
+  if exp.row(arm, trial, round_)["diverged"]:
+    raise ExportError(f"[{arm} trial {trial} round {round_}] of {output_dir} diverged (NaN/inf "
+                      f"loss): its weights compute nothing to deploy; export another round")
   if not exp.has_weights(arm, trial, round_):
     raise ExportError(f"{path}/weights.npz is missing: the stage's trained weights stay where "
                       f"lth_tf.main ran (not in git); rerun the experiment into a new folder, "
@@ -178,24 +185,34 @@ def masked_model(net):
   """The full-size tf-keras model of ``net`` with its trained, masked weights."""
   model = models.build(net.model, net.input_shape)
   for name, layer in ticket.weight_layers(model).items():
-    for var, value in zip(layer.weights, net.weights[name]):
-      var.assign(value)
+    for i, (var, value) in enumerate(zip(layer.weights, net.weights[name])):
+      var.assign(value * net.mask[name] if i == 0 and name in net.mask else value)
   return model
 
 
 def check_images(output_dir, net, count=None):
-  """Images to compare two models on: the experiment's test split when its data is here,
-  else seeded random images; (images, what they are)."""
+  """Images to compare two models on: the experiment's test split when its data is prepared
+  (or can be, offline, from its --manual_dir: an export never downloads), else seeded random
+  images, said on stderr; (images, what they are)."""
+  import tensorflow_datasets as tfds
+
   from lth_tf.study import common, properties
-  try:
-    exp = common.load(output_dir)
-    splits = properties.load_test_split(exp)
-    x = splits.test_x if count is None else splits.test_x[:count]
-    return x, f"the {net.dataset} test split ({len(x)} images)"
-  except (data.DatasetUnavailableError, common.StudyError, OSError, ValueError):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (count or 1000,) + tuple(net.input_shape), dtype=np.uint8)
-    return x, f"{len(x)} random images (the {net.dataset} data is not here)"
+  exp = common.load(output_dir)
+  data_dir = exp.resolve(exp.recorded.data_dir)
+  manual_dir = exp.resolve(exp.recorded.manual_dir)
+  why = "it is not prepared and the folder names no --manual_dir"
+  if tfds.builder(net.dataset, data_dir=data_dir).is_prepared() or manual_dir:
+    try:
+      splits = properties.load_test_split(exp)
+      x = splits.test_x if count is None else splits.test_x[:count]
+      return x, f"the {net.dataset} test split ({len(x)} images)"
+    except (data.DatasetUnavailableError, OSError, tf.errors.OpError) as e:
+      why = artifacts.error_text(e)
+  print(f"lth_tf.export: the {net.dataset} test split cannot be read ({why}); checking on "
+        f"random images", file=sys.stderr)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (count or 1000,) + tuple(net.input_shape), dtype=np.uint8)
+  return x, f"{len(x)} random images (the {net.dataset} test split cannot be read here)"
 
 
 def logits(model, x, chunk=1000):
@@ -249,6 +266,9 @@ def export_compact(output_dir, round_, arm="ticket", trial=0):
   full = masked_model(net)
   x, source = check_images(output_dir, net)
   check = dict(compare(full, model, x), images=source)
+  if not np.isfinite([check["max_abs_logit"], check["max_abs_logit_difference"]]).all():
+    raise ExportError(f"{net.path}: its logits are not finite (NaN/inf weights?); export "
+                      f"another round")
   if (check["predictions_differing"] > 0 or check["max_abs_logit_difference"]
       > TOLERANCE * max(1.0, check["max_abs_logit"])):
     raise RuntimeError(f"{net.path}: the compact model does not compute the ticket: {check}")

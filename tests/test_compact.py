@@ -159,10 +159,18 @@ def test_unit_masks_compact_without_folding_and_expand_back():
   assert [len(l.units) for l in p.layers] == [20, 30, 100, 40, 10]
   assert p.gather is None and p.flat_gather is None
   assert all((m > 0).all() for m in compact.compact_masks(p, mask).values())
-  back = compact.expand(p, compact.compact_weights(p, weights, mask), weights)
+  small = compact.compact_weights(p, weights, mask)
+  back = compact.expand(p, small, weights)
   for n, ws in weights.items():
     np.testing.assert_array_equal(back[n][0], ws[0] * mask[n])
     np.testing.assert_array_equal(back[n][1], ws[1])
+  # trained compact weights land on the kept rows and units, the start's biases stay elsewhere
+  trained = {n: [k + 1.0, b + 1.0] for n, (k, b) in small.items()}
+  back = compact.expand(p, trained, weights)
+  for n, ws in weights.items():
+    np.testing.assert_array_equal(back[n][0], (ws[0] + 1.0) * mask[n])
+    kept = np.isin(np.arange(ws[1].shape[0]), p.layer(n).units)
+    np.testing.assert_array_equal(back[n][1], np.where(kept, ws[1] + 1.0, ws[1]))
 
 
 def test_refusals_are_one_line_and_say_what_is_accepted():

@@ -101,6 +101,22 @@ def test_a_compact_stage_exports_its_ticket_at_full_size(both):
     np.testing.assert_array_equal(kernels[n], weights[n][0])
 
 
+class FirstEvaluation(keras.callbacks.Callback):
+  """The iteration of each stage's first evaluation."""
+
+  def __init__(self):
+    super().__init__()
+    self.iterations, self.fresh = [], False
+
+  def on_train_begin(self, logs=None):
+    self.fresh = True
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.fresh:
+      self.iterations.append(logs["iteration"])
+      self.fresh = False
+
+
 def test_an_interrupted_compact_stage_resumes_bit_identically(tmp_path, splits, tiny_config):
   cfg = tiny_config(structure="unit", rounds=2, controls=(), iterations=160,
                     compact_training=True)
@@ -109,7 +125,9 @@ def test_an_interrupted_compact_stage_resumes_bit_identically(tmp_path, splits, 
   with pytest.raises(Interrupt):  # the ticket's round 2, at iteration 120
     experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[InterruptAt(2, 2)])
   assert artifacts.exists(f"{layout.stage_dir(out, 'ticket', 0, 2)}/checkpoint/checkpoint")
-  assert experiment.run(cfg, out, splits, checkpoint_every=40) == whole
+  first = FirstEvaluation()
+  assert experiment.run(cfg, out, splits, checkpoint_every=40, callbacks=[first]) == whole
+  assert first.iterations == [120]  # the one stage left went on from its checkpoint (80)
   a = artifacts.read_weights(f"{layout.stage_dir(str(tmp_path / 'whole'), 'ticket', 0, 2)}"
                              f"/weights.npz")
   b = artifacts.read_weights(f"{layout.stage_dir(out, 'ticket', 0, 2)}/weights.npz")

@@ -214,6 +214,14 @@ def test_export_refuses_bad_input_in_one_line_and_writes_nothing(cli_experiment,
                         (dict(round_=0), "weights.npz is missing")]:
     with pytest.raises(export.ExportError, match=named):
       export.stage_network(str(out), **kwargs)
+  results = (out / "results.csv").read_text().splitlines()
+  header = results[0].split(",")
+  cells = results[2].split(",")  # ticket round 1
+  cells[header.index("diverged")] = "1"
+  (out / "results.csv").write_text("\n".join([*results[:2], ",".join(cells), *results[3:]]) + "\n")
+  with pytest.raises(export.ExportError, match="diverged"):
+    export.stage_network(str(out), 1)
+  (out / "results.csv").write_text("\n".join(results) + "\n")
   with pytest.raises(export.ExportError, match="nothing is not a folder"):
     export.stage_network(str(tmp_path / "nothing"), 1)
   assert _files(out) == before
