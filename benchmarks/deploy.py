@@ -72,7 +72,6 @@ flags.DEFINE_string("manual_dir", None, "Accepted and ignored (the benchmarks' c
 CONTENDERS = ("masked", "compact", "tflite_sparse")
 FORMATS = ("tflite", "saved_model")
 LABELS = {"tflite": "TFLite", "saved_model": "SavedModel"}
-CHECK_TOLERANCE = 1e-4  # of the largest |logit| (at least 1), as export.export_compact
 
 
 def fail(message):
@@ -213,13 +212,9 @@ def prepare_round(net, tmp):
 
 
 def weights_remaining(net):
-  """Percent of the weights the stage kept: its metrics.json, else counted from its mask."""
-  from lth_tf import artifacts
-  try:
-    return float(artifacts.read_json(f"{net.path}/metrics.json")["weights_remaining"])
-  except (artifacts.CorruptFileError, OSError, KeyError, TypeError, ValueError):
-    kept = sum(float((m > 0).sum()) for m in net.mask.values())
-    return 100.0 * kept / sum(m.size for m in net.mask.values())
+  """Percent of the weights the stage kept (what results.csv records)."""
+  from lth_tf import masks
+  return 100.0 * masks.fraction_remaining(net.mask)
 
 
 # ---- timing ---------------------------------------------------------------------------------
@@ -242,27 +237,26 @@ def time_all(runners, repeats, calls):
 def check(round_, facts, runners, x):
   """Prints whether the compact and sparse models compute the masked network's logits on
   ``x``; ``runners`` are this round's at batch len(x)."""
-  import numpy as np
+  from lth_tf import export
   reference = facts["keras"](x, training=False).numpy()
-  tolerance = CHECK_TOLERANCE * max(1.0, float(np.abs(reference).max()))
   worst, bad, names = 0.0, [], []
   for (contender, fmt), run in runners.items():
     if contender == "masked":
       continue
     name = f"{contender} {LABELS[fmt]}"
     names.append(name)
-    got = run.logits()
-    diff = float(np.abs(got - reference).max())
-    differing = int((got.argmax(-1) != reference.argmax(-1)).sum())
+    got = export.compare_logits(reference, run.logits())
+    diff, differing = got["max_abs_logit_difference"], got["predictions_differing"]
     worst = max(worst, diff)
-    if differing or diff > tolerance:
-      bad.append(f"{name}: {differing} of {len(x)} predictions differ, max |dlogit| {diff:.3g}")
+    if differing or diff > export.TOLERANCE * max(1.0, got["max_abs_logit"]):
+      bad.append(f"{name}: {differing:.1%} of {len(x)} predictions differ, max |dlogit| "
+                 f"{diff:.3g}")
   if bad:
     print(f"MISMATCH round {round_}: not the masked network's logits on {len(x)} random images: "
           + "; ".join(bad), flush=True)
   else:
     print(f"check round {round_}: {', '.join(names)} compute the masked network on {len(x)} "
-          f"random images (argmax identical, max |dlogit| {worst:.2g}) ok", flush=True)
+          f"random images (same classes, max |dlogit| {worst:.2g}) ok", flush=True)
 
 
 # ---- report ---------------------------------------------------------------------------------

@@ -135,6 +135,7 @@ class StageNetwork:
   weights: dict  # {layer: [kernel, bias]}, the kernels masked (the last iteration's)
   mask: dict     # {layer: 0/1}: the mask the weights were trained under
   dataset: str
+  experiment: object = None  # the folder as lth_tf.study.common.load read it
 
 
 def stage_network(output_dir, round_, arm="ticket", trial=0):
@@ -178,7 +179,8 @@ def stage_network(output_dir, round_, arm="ticket", trial=0):
       mask = exp.mask(arm, trial, round_)
   except artifacts.CorruptFileError as e:
     raise ExportError(str(e)) from None
-  return StageNetwork(path, cfg.model, data.SHAPES[cfg.dataset], weights, mask, cfg.dataset)
+  return StageNetwork(path, cfg.model, data.SHAPES[cfg.dataset], weights, mask, cfg.dataset,
+                      exp)
 
 
 def masked_model(net):
@@ -190,14 +192,14 @@ def masked_model(net):
   return model
 
 
-def check_images(output_dir, net, count=None):
+def check_images(net, count=None):
   """Images to compare two models on: the experiment's test split when its data is prepared
   (or can be, offline, from its --manual_dir: an export never downloads), else seeded random
   images, said on stderr; (images, what they are)."""
   import tensorflow_datasets as tfds
 
-  from lth_tf.study import common, properties
-  exp = common.load(output_dir)
+  from lth_tf.study import properties
+  exp = net.experiment
   data_dir = exp.resolve(exp.recorded.data_dir)
   manual_dir = exp.resolve(exp.recorded.manual_dir)
   why = "it is not prepared and the folder names no --manual_dir"
@@ -224,10 +226,14 @@ TOLERANCE = 1e-4  # of the largest |logit| (at least 1): float rounding, not a c
 
 
 def compare(reference, candidate, x):
-  """How closely ``candidate`` computes ``reference`` on images ``x``: max |Δlogit|, max
-  |logit|, and the fraction of images whose predicted class differs where the reference's
-  own choice is clear (a tie within float rounding may fall either way)."""
-  a, b = logits(reference, x), logits(candidate, x)
+  """compare_logits of two models on images ``x``."""
+  return compare_logits(logits(reference, x), logits(candidate, x))
+
+
+def compare_logits(a, b):
+  """How closely logits ``b`` match reference logits ``a``: max |Δlogit|, max |logit|, and
+  the fraction of images whose predicted class differs where the reference's own choice is
+  clear (a tie within float rounding may fall either way)."""
   scale = max(1.0, float(np.abs(a).max()))
   picked = b.argmax(-1)
   margin = a.max(-1) - np.take_along_axis(a, picked[:, None], -1)[:, 0]
@@ -264,7 +270,7 @@ def export_compact(output_dir, round_, arm="ticket", trial=0):
   net = stage_network(output_dir, round_, arm, trial)
   model, p = compact_network(net)
   full = masked_model(net)
-  x, source = check_images(output_dir, net)
+  x, source = check_images(net)
   check = dict(compare(full, model, x), images=source)
   if not np.isfinite([check["max_abs_logit"], check["max_abs_logit_difference"]]).all():
     raise ExportError(f"{net.path}: its logits are not finite (NaN/inf weights?); export "
